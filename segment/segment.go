@@ -5,19 +5,19 @@
 //
 // All integers are little-endian. The first 24 bytes are the header:
 //
-//	 0      2      3      4          8          12                 20          24
-//	 +------+------+------+----------+----------+------------------+-----------+----------...
-//	 | 'p'  | ver  |flags | count    | rawLen   | time             | crc       | payload
-//	 | 'c'  |  1   |  0   | uint32   | uint32   | int64 unix nanos | uint32    | zstd frame
-//	 +------+------+------+----------+----------+------------------+-----------+----------...
+//		 0      2      3      4          8          12                 20          24
+//		 +------+------+------+----------+----------+------------------+-----------+----------...
+//		 | 'p'  | ver  |flags | count    | rawLen   | time             | crc       | payload
+//		 | 'c'  |  1   |  0   | uint32   | uint32   | int64 unix nanos | uint32    | zstd frame
+//		 +------+------+------+----------+----------+------------------+-----------+----------...
 //
-//   - magic: the two bytes "pc".
-//   - ver: the format version, 1. A reader refuses any other value.
-//   - flags: reserved, must be 0.
-//   - count: the number of messages in the batch, at least 1.
-//   - rawLen: the length of the decompressed payload in bytes.
-//   - time: when the first message of the batch was spilled, in Unix nanoseconds.
-//   - crc: CRC-32C (Castagnoli) of header bytes 0..20 followed by the payload bytes.
+//	  - magic: the two bytes "pc".
+//	  - ver: the format version, 1. A reader refuses any other value.
+//	  - flags: reserved, must be 0.
+//	  - count: the number of messages in the batch, at least 1.
+//	  - rawLen: the length of the decompressed payload in bytes.
+//	  - time: when the first message of the batch was spilled, in Unix nanoseconds.
+//	  - crc: CRC-32C (Castagnoli) of header bytes 0..20 followed by the payload bytes.
 //
 // The payload is one zstd frame (with zstd's own content checksum) whose decompressed
 // content is count items of
