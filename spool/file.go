@@ -1,0 +1,164 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Cursor is a read position: the next message to deliver is message Offset of entry Index
+// of segment Seg.
+type Cursor struct {
+	Seg    uint64
+	Index  uint64
+	Offset uint32
+}
+
+// cursor file: "pcur" | version 1 | 3 zero bytes | seg u64 | index u64 | offset u32 | crc32c of bytes 0..28
+const cursorSize = 32
+
+func encodeCursor(c Cursor) []byte {
+	b := make([]byte, cursorSize)
+	copy(b, "pcur")
+	b[4] = 1
+	binary.LittleEndian.PutUint64(b[8:], c.Seg)
+	binary.LittleEndian.PutUint64(b[16:], c.Index)
+	binary.LittleEndian.PutUint32(b[24:], c.Offset)
+	binary.LittleEndian.PutUint32(b[28:], crc32.Checksum(b[:28], castagnoli))
+	return b
+}
+
+func decodeCursor(b []byte) (Cursor, error) {
+	if len(b) != cursorSize || string(b[:4]) != "pcur" || b[4] != 1 {
+		return Cursor{}, fmt.Errorf("%w: cursor file is not a version 1 cursor", ErrCorrupt)
+	}
+	if crc32.Checksum(b[:28], castagnoli) != binary.LittleEndian.Uint32(b[28:]) {
+		return Cursor{}, fmt.Errorf("%w: cursor file crc mismatch", ErrCorrupt)
+	}
+	return Cursor{
+		Seg:    binary.LittleEndian.Uint64(b[8:]),
+		Index:  binary.LittleEndian.Uint64(b[16:]),
+		Offset: binary.LittleEndian.Uint32(b[24:]),
+	}, nil
+}
+
+// meta file of a sealed segment: "pmet" | version 1 | 3 zero | records u64 | messages u64 |
+// raw bytes u64 | first time i64 | last time i64 | crc32c of bytes 0..48
+const metaSize = 52
+
+type segMeta struct {
+	records, messages, raw uint64
+	first, last            int64
+}
+
+func encodeMeta(m segMeta) []byte {
+	b := make([]byte, metaSize)
+	copy(b, "pmet")
+	b[4] = 1
+	binary.LittleEndian.PutUint64(b[8:], m.records)
+	binary.LittleEndian.PutUint64(b[16:], m.messages)
+	binary.LittleEndian.PutUint64(b[24:], m.raw)
+	binary.LittleEndian.PutUint64(b[32:], uint64(m.first))
+	binary.LittleEndian.PutUint64(b[40:], uint64(m.last))
+	binary.LittleEndian.PutUint32(b[48:], crc32.Checksum(b[:48], castagnoli))
+	return b
+}
+
+func decodeMeta(b []byte) (segMeta, bool) {
+	if len(b) != metaSize || string(b[:4]) != "pmet" || b[4] != 1 ||
+		crc32.Checksum(b[:48], castagnoli) != binary.LittleEndian.Uint32(b[48:]) {
+		return segMeta{}, false
+	}
+	return segMeta{
+		records:  binary.LittleEndian.Uint64(b[8:]),
+		messages: binary.LittleEndian.Uint64(b[16:]),
+		raw:      binary.LittleEndian.Uint64(b[24:]),
+		first:    int64(binary.LittleEndian.Uint64(b[32:])),
+		last:     int64(binary.LittleEndian.Uint64(b[40:])),
+	}, true
+}
+
+// writeFileAtomic replaces path with data: temp file, fsync, rename, fsync of the directory.
+func writeFileAtomic(path string, data []byte, sync bool) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil && sync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if sync {
+		return syncDir(filepath.Dir(path))
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// lockDir takes an exclusive flock on dir/LOCK. flock locks belong to the open file
+// description, so a second opener in the same process is refused as well.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("spool: lock %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// Locked reports whether some process holds dir's lock. It takes the lock for an instant
+// when it is free, which is harmless to a later opener.
+func Locked(dir string) (bool, error) {
+	f, err := os.Open(filepath.Join(dir, lockName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false, nil
+}

@@ -1,0 +1,774 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelichan/pelichan/segment"
+	"github.com/tidwall/wal"
+)
+
+const (
+	lockName   = "LOCK"
+	formatName = "FORMAT"
+	cursorName = "cursor"
+	metaName   = "meta"
+	// walFile is the one file tidwall/wal keeps in a segment directory: its first index.
+	walFile = "00000000000000000001"
+	// formatLine is the content of FORMAT. Changing it makes older spools unreadable.
+	formatLine = "pelichan-spool 1\n"
+	// firstSeq numbers the first segment of a new spool, leaving room below it should a
+	// later version put segments in front of the backlog.
+	firstSeq = 1 << 32
+	// DefaultSegmentSize is where a segment is sealed and a new one started.
+	DefaultSegmentSize = 4 << 20
+	maxBroken          = 8       // *.broken evidence files kept
+	maxBrokenBytes     = 1 << 20 // bytes kept of one cut tail
+)
+
+// Options configure a Spool. The zero value is valid.
+type Options struct {
+	// SegmentSize is the file size at which the segment being written is sealed and a new
+	// one begun. Default DefaultSegmentSize.
+	SegmentSize int64
+	// NoSync skips every fsync (files, cursor, directory). Data then reaches the disk
+	// when the OS writes it back.
+	NoSync bool
+	// OnCorrupt receives every *CorruptionError found while opening and reading.
+	OnCorrupt func(error)
+}
+
+func (o Options) withDefaults() Options {
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = DefaultSegmentSize
+	}
+	if o.OnCorrupt == nil {
+		o.OnCorrupt = func(error) {}
+	}
+	return o
+}
+
+// seg is one segment directory.
+type seg struct {
+	seq     uint64
+	meta    segMeta // counts; for the active segment, what has been written so far
+	size    int64   // bytes of the WAL file
+	sealed  bool
+	damaged bool // damage was found: set aside as .bad, not deleted, when consumed
+	// delivered counts this segment's messages acknowledged so far (from its meta count).
+	delivered uint64
+}
+
+// readRec is a record returned by Next and not yet acknowledged.
+type readRec struct {
+	sg    *seg
+	index uint64
+	count uint32
+	skip  uint32 // messages counted as delivered already
+}
+
+func (sg *seg) name() string { return fmt.Sprintf("%020d", sg.seq) }
+
+// Record is one record returned by Next.
+type Record struct {
+	Pos  Cursor // Pos.Offset: messages of this record already delivered; skip them
+	Data []byte // valid until the next call on the Spool
+	segment.Header
+}
+
+// Stats describe the spool's disk state.
+type Stats struct {
+	Segments     int
+	Undelivered  int64 // messages stored and not yet acknowledged
+	DiskBytes    int64 // bytes of segment files (kept up to date as they change)
+	BytesWritten int64 // record bytes appended since Open
+	BytesRead    int64 // record bytes read since Open
+	RawWritten   int64 // uncompressed payload bytes appended since Open
+	Corrupt      int64 // damaged records or stretches skipped since Open
+	SetAside     int64 // segments renamed to .bad since Open
+	Oldest       int64 // unix nanos of the oldest stored batch, 0 if none
+}
+
+// Spool is a directory of segments: one writer appends records at the tail, one reader
+// reads them from the cursor on. A Spool is not safe for concurrent use: one goroutine
+// owns it.
+type Spool struct {
+	dir  string
+	opts Options
+	lock *os.File
+
+	segs   []*seg // by seq; the last one is the active segment when active != nil
+	active *seg
+	wlog   *wal.Log
+
+	acked Cursor // every message before it has been delivered
+	// reader
+	rseg  *seg
+	rnext uint64  // next entry index to read in rseg
+	rskip uint32  // messages to skip in the first record read
+	rents []entry // entries of rseg when it is sealed
+	rpos  int     // next element of rents
+	rbuf  []byte
+	unack []readRec // records returned by Next, in order, not yet acknowledged
+
+	st     Stats
+	closed bool
+}
+
+// Open opens or creates the spool in dir, taking its lock. It removes leftovers of
+// interrupted operations, cuts a torn tail of the newest segment back to its last whole
+// record (keeping the cut bytes as evidence), and positions the reader at the cursor.
+func Open(dir string, opts Options) (*Spool, error) {
+	opts = opts.withDefaults()
+	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+		return nil, fmt.Errorf("spool: %s: not a directory", dir)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Spool{dir: dir, opts: opts, lock: lock}
+	if err := s.load(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Spool) path(name ...string) string {
+	return filepath.Join(append([]string{s.dir}, name...)...)
+}
+
+func (s *Spool) report(err error) {
+	s.st.Corrupt++
+	s.opts.OnCorrupt(err)
+}
+
+func (s *Spool) load() error {
+	names, err := readDirNames(s.dir)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if err := checkFormat(s.dir, names, !s.opts.NoSync); err != nil {
+		return err
+	}
+	for _, name := range names {
+		switch {
+		case strings.HasSuffix(name, ".tmp"):
+			// An interrupted atomic write: the old file (if any) is still in place.
+			if err := os.RemoveAll(s.path(name)); err != nil {
+				return fmt.Errorf("spool: remove leftover: %w", err)
+			}
+		case isSegName(name):
+			seq, _ := strconv.ParseUint(name, 10, 64)
+			s.segs = append(s.segs, &seg{seq: seq, sealed: true})
+		}
+	}
+	sort.Slice(s.segs, func(i, j int) bool { return s.segs[i].seq < s.segs[j].seq })
+
+	c, cerr := s.readCursor()
+	for i := 0; i < len(s.segs); i++ {
+		sg := s.segs[i]
+		if err := s.loadSeg(sg, i == len(s.segs)-1); err != nil {
+			s.setAside(sg, err)
+			s.segs = slices.Delete(s.segs, i, i+1)
+			i--
+			continue
+		}
+		s.st.DiskBytes += sg.size
+	}
+	switch {
+	case cerr != nil:
+		// A missing or damaged cursor: read from the first segment. Duplicates, never loss.
+		if !errors.Is(cerr, fs.ErrNotExist) {
+			s.report(fmt.Errorf("spool: %s: %w; reading from the first segment", s.path(cursorName), cerr))
+		}
+		c = Cursor{}
+		if len(s.segs) > 0 {
+			c = Cursor{Seg: s.segs[0].seq, Index: 1}
+		}
+	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq:
+		s.report(fmt.Errorf("%w: spool: cursor points to segment %020d past the last one; reading from the first segment", ErrCorrupt, c.Seg))
+		c = Cursor{Seg: s.segs[0].seq, Index: 1}
+	}
+	if c.Index == 0 {
+		c.Index = 1
+	}
+	s.acked = c
+	// Segments wholly before the cursor were consumed; their deletion had not reached the disk.
+	if err := s.collect(); err != nil {
+		return err
+	}
+	s.resetReader()
+	return s.countBacklog()
+}
+
+// checkFormat makes sure dir is a spool of this version, writing FORMAT into a new one.
+func checkFormat(dir string, names []string, sync bool) error {
+	b, err := os.ReadFile(filepath.Join(dir, formatName))
+	if err == nil {
+		if string(b) != formatLine {
+			return fmt.Errorf("%w: %s holds %q", ErrVersion, filepath.Join(dir, formatName), strings.TrimSpace(string(b)))
+		}
+		return nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("spool: %w", err)
+	}
+	for _, n := range names {
+		if n != lockName {
+			return fmt.Errorf("%w: %s has no %s file but is not empty (found %q)", ErrVersion, dir, formatName, n)
+		}
+	}
+	if err := writeFileAtomic(filepath.Join(dir, formatName), []byte(formatLine), sync); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	return nil
+}
+
+func isSegName(name string) bool {
+	if len(name) != 20 {
+		return false
+	}
+	for _, r := range name {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+func (s *Spool) readCursor() (Cursor, error) {
+	b, err := os.ReadFile(s.path(cursorName))
+	if err != nil {
+		return Cursor{}, err
+	}
+	return decodeCursor(b)
+}
+
+// loadSeg fills sg's counts from its meta file, or by scanning its WAL file when the
+// meta is missing (a crash before sealing) or the segment is the newest, whose tail is
+// repaired here.
+func (s *Spool) loadSeg(sg *seg, newest bool) error {
+	file := s.path(sg.name(), walFile)
+	fi, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	sg.size = fi.Size()
+	if !newest {
+		if b, err := os.ReadFile(s.path(sg.name(), metaName)); err == nil {
+			if m, ok := decodeMeta(b); ok {
+				sg.meta = m
+				return nil
+			}
+		}
+	}
+	buf, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	ents, bad, good := scanFile(buf)
+	sg.meta = segMeta{}
+	for _, e := range ents {
+		sg.meta.add(e.hdr)
+	}
+	sg.meta.records = uint64(len(ents) + len(bad))
+	if len(bad) > 0 {
+		sg.damaged = true
+	}
+	if newest && good < int64(len(buf)) && len(bad) == 1 && bad[0].offset == good && bad[0].offset+bad[0].length == int64(len(buf)) {
+		// A torn tail: cut it back, keeping the cut bytes as evidence.
+		if err := s.cutTail(sg, file, buf, good); err != nil {
+			return err
+		}
+		sg.meta.records = uint64(len(ents))
+		sg.damaged = false
+	} else {
+		for _, d := range bad {
+			s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
+		}
+	}
+	return nil
+}
+
+func (m *segMeta) add(h segment.Header) {
+	if m.messages == 0 {
+		m.first = h.Time
+	}
+	m.records++
+	m.messages += uint64(h.Count)
+	m.raw += uint64(h.RawLen)
+	m.last = h.Time
+}
+
+func (s *Spool) cutTail(sg *seg, file string, buf []byte, good int64) error {
+	tail := buf[good:]
+	if len(tail) > maxBrokenBytes {
+		tail = tail[:maxBrokenBytes]
+	}
+	evidence := s.path(fmt.Sprintf("%s.%d.broken", sg.name(), time.Now().UnixNano()))
+	if err := writeFileAtomic(evidence, tail, !s.opts.NoSync); err != nil {
+		return fmt.Errorf("spool: keep torn tail of %s: %w", file, err)
+	}
+	s.pruneBroken()
+	if err := os.Truncate(file, good); err != nil {
+		return fmt.Errorf("spool: cut torn tail of %s: %w", file, err)
+	}
+	sg.size = good
+	s.opts.OnCorrupt(&CorruptionError{Segment: sg.name(), Index: sg.meta.records + 1, Offset: good,
+		Length: int64(len(buf)) - good, Err: fmt.Errorf("%w; cut, kept in %s", errTornTail, filepath.Base(evidence))})
+	s.st.Corrupt++
+	return nil
+}
+
+// pruneBroken keeps only the newest maxBroken evidence files.
+func (s *Spool) pruneBroken() {
+	names, err := readDirNames(s.dir)
+	if err != nil {
+		return
+	}
+	var broken []string
+	for _, n := range names {
+		if strings.HasSuffix(n, ".broken") {
+			broken = append(broken, n)
+		}
+	}
+	if len(broken) <= maxBroken {
+		return
+	}
+	// Names sort by segment, then by time: drop the oldest.
+	sort.Strings(broken)
+	for _, n := range broken[:len(broken)-maxBroken] {
+		os.Remove(s.path(n))
+	}
+}
+
+// setAside renames a segment that cannot be read at all to NAME.bad and reports it.
+func (s *Spool) setAside(sg *seg, cause error) {
+	from := s.path(sg.name())
+	to := from + ".bad"
+	err := os.Rename(from, to)
+	if err == nil && !s.opts.NoSync {
+		err = syncDir(s.dir)
+	}
+	s.st.SetAside++
+	if err != nil {
+		cause = fmt.Errorf("%v; set aside failed: %w", cause, err)
+	}
+	s.report(&CorruptionError{Segment: sg.name(), Err: fmt.Errorf("%w: segment set aside as %s: %w", ErrCorrupt, filepath.Base(to), cause)})
+}
+
+// Append adds one record (as built by segment.Writer) at the tail. After an error the
+// segment being written is sealed at its last whole record and the next Append starts a
+// new one, so a failed write never leaves a log with a shifted index in use.
+func (s *Spool) Append(rec []byte) error {
+	if s.closed {
+		return ErrClosed
+	}
+	h, err := segment.ParseHeader(rec)
+	if err != nil {
+		return fmt.Errorf("spool: append: %w", err)
+	}
+	if s.active == nil {
+		if err := s.startSegment(); err != nil {
+			return err
+		}
+	}
+	sg := s.active
+	if err := s.wlog.Write(sg.meta.records+1, rec); err != nil {
+		s.abandon()
+		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+	}
+	sg.meta.add(h)
+	s.st.Undelivered += int64(h.Count)
+	n := int64(uvarintLen(uint64(len(rec))) + len(rec))
+	sg.size += n
+	s.st.DiskBytes += n
+	s.st.BytesWritten += int64(len(rec))
+	s.st.RawWritten += int64(h.RawLen)
+	if sg.size >= s.opts.SegmentSize {
+		return s.seal()
+	}
+	return nil
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
+func (s *Spool) walOptions() *wal.Options {
+	// A fresh copy each time: wal.Open writes its defaults into the struct it is given.
+	return &wal.Options{
+		NoSync:           true, // we fsync ourselves, per the sync policy
+		SegmentSize:      math.MaxInt,
+		LogFormat:        wal.Binary,
+		SegmentCacheSize: 1,
+		NoCopy:           true,
+		DirPerms:         0o750,
+		FilePerms:        0o640,
+	}
+}
+
+func (s *Spool) startSegment() error {
+	seq := uint64(firstSeq)
+	if n := len(s.segs); n > 0 {
+		seq = s.segs[n-1].seq + 1
+	}
+	if s.acked.Seg >= seq {
+		seq = s.acked.Seg + 1
+	}
+	sg := &seg{seq: seq}
+	l, err := wal.Open(s.path(sg.name()), s.walOptions())
+	if err != nil {
+		os.RemoveAll(s.path(sg.name()))
+		return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
+	}
+	if !s.opts.NoSync {
+		if err := syncDir(s.dir); err != nil {
+			l.Close()
+			os.RemoveAll(s.path(sg.name()))
+			return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
+		}
+	}
+	s.wlog, s.active = l, sg
+	s.segs = append(s.segs, sg)
+	return nil
+}
+
+// Sync makes everything appended so far durable.
+func (s *Spool) Sync() error {
+	if s.wlog == nil {
+		return nil
+	}
+	if err := s.wlog.Sync(); err != nil {
+		return fmt.Errorf("spool: sync segment %s: %w", s.active.name(), err)
+	}
+	return nil
+}
+
+// seal closes the active segment and records its counts in its meta file.
+func (s *Spool) seal() error {
+	sg := s.active
+	err := s.wlog.Close() // tidwall/wal's Close fsyncs the file
+	s.wlog, s.active = nil, nil
+	sg.sealed = true
+	if err != nil {
+		return s.truncateAfterError(sg, fmt.Errorf("spool: seal segment %s: %w", sg.name(), err))
+	}
+	if err := writeFileAtomic(s.path(sg.name(), metaName), encodeMeta(sg.meta), !s.opts.NoSync); err != nil {
+		// The counts can be rebuilt by scanning the segment: not fatal.
+		os.Remove(s.path(sg.name(), metaName))
+	}
+	return s.collect()
+}
+
+// abandon seals the active segment after a failed write: the tidwall Log is closed and
+// never written again, and the file is cut back to the last record known to be whole.
+func (s *Spool) abandon() {
+	sg := s.active
+	s.wlog.Close()
+	s.wlog, s.active = nil, nil
+	sg.sealed = true
+	s.truncateAfterError(sg, nil)
+}
+
+func (s *Spool) truncateAfterError(sg *seg, cause error) error {
+	if sg.meta.records == 0 {
+		os.RemoveAll(s.path(sg.name()))
+		s.dropSeg(sg)
+		if s.rseg == sg {
+			s.nextSeg(sg.seq)
+		}
+		return cause
+	}
+	if err := os.Truncate(s.path(sg.name(), walFile), sg.size); err != nil {
+		// The scanner will find the torn bytes and skip them.
+		sg.damaged = true
+	}
+	return cause
+}
+
+func (s *Spool) dropSeg(sg *seg) {
+	if i := slices.Index(s.segs, sg); i >= 0 {
+		s.segs = slices.Delete(s.segs, i, i+1)
+		s.st.DiskBytes -= sg.size
+		s.st.Undelivered -= int64(sg.meta.messages - sg.delivered)
+	}
+}
+
+// Next returns the next unread record, skipping damaged ones (reported through
+// OnCorrupt). It returns io.EOF when every record written so far has been read.
+func (s *Spool) Next() (Record, error) {
+	if s.closed {
+		return Record{}, ErrClosed
+	}
+	for s.rseg != nil {
+		sg := s.rseg
+		skip := s.rskip
+		if !sg.sealed {
+			if s.rnext > sg.meta.records {
+				return Record{}, io.EOF
+			}
+			data, err := s.wlog.Read(s.rnext)
+			if err != nil {
+				return Record{}, fmt.Errorf("spool: read segment %s entry %d: %w", sg.name(), s.rnext, err)
+			}
+			h, err := segment.ParseHeader(data)
+			if err != nil {
+				return Record{}, fmt.Errorf("spool: read segment %s entry %d: %w", sg.name(), s.rnext, err)
+			}
+			r := Record{Pos: Cursor{Seg: sg.seq, Index: s.rnext, Offset: skip}, Data: data, Header: h}
+			s.unack = append(s.unack, readRec{sg: sg, index: s.rnext, count: uint32(h.Count), skip: skip})
+			s.rnext++
+			s.rskip = 0
+			s.st.BytesRead += int64(len(data))
+			return r, nil
+		}
+		if s.rents == nil {
+			if err := s.loadReader(sg); err != nil {
+				s.setAside(sg, err)
+				s.dropSeg(sg)
+				s.nextSeg(sg.seq)
+				continue
+			}
+		}
+		for s.rpos < len(s.rents) {
+			e := s.rents[s.rpos]
+			s.rpos++
+			if e.index < s.rnext {
+				continue
+			}
+			s.rnext = e.index + 1
+			s.rskip = 0
+			s.unack = append(s.unack, readRec{sg: sg, index: e.index, count: uint32(e.hdr.Count), skip: skip})
+			s.st.BytesRead += int64(len(e.data))
+			return Record{Pos: Cursor{Seg: sg.seq, Index: e.index, Offset: skip}, Data: e.data, Header: e.hdr}, nil
+		}
+		s.nextSeg(sg.seq)
+	}
+	return Record{}, io.EOF
+}
+
+// loadReader reads a sealed segment's file and scans it, reporting damage once.
+func (s *Spool) loadReader(sg *seg) error {
+	buf, err := os.ReadFile(s.path(sg.name(), walFile))
+	if err != nil {
+		return err
+	}
+	ents, bad, _ := scanFile(buf)
+	for _, d := range bad {
+		if d.index < s.rnext {
+			continue // reported before the position we resumed at
+		}
+		sg.damaged = true
+		s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
+	}
+	s.rbuf, s.rents, s.rpos = buf, ents, 0
+	if ents == nil {
+		s.rents = []entry{}
+	}
+	sg.meta.records = uint64(len(ents) + len(bad))
+	return nil
+}
+
+// nextSeg moves the reader to the first segment after seq.
+func (s *Spool) nextSeg(seq uint64) {
+	s.rseg, s.rents, s.rbuf, s.rpos, s.rnext, s.rskip = nil, nil, nil, 0, 1, 0
+	for _, sg := range s.segs {
+		if sg.seq > seq {
+			s.rseg = sg
+			return
+		}
+	}
+}
+
+// resetReader positions the reader at the acknowledged cursor.
+func (s *Spool) resetReader() {
+	s.unack = s.unack[:0]
+	s.nextSeg(0)
+	for s.rseg != nil && s.rseg.seq < s.acked.Seg {
+		s.nextSeg(s.rseg.seq)
+	}
+	if s.rseg != nil && s.rseg.seq == s.acked.Seg {
+		s.rnext, s.rskip = s.acked.Index, s.acked.Offset
+	}
+}
+
+// Ack records that every message before c has been delivered. Segments wholly before c
+// are deleted (or, if damage was found in them, set aside as evidence).
+func (s *Spool) Ack(c Cursor) error {
+	if s.closed {
+		return ErrClosed
+	}
+	s.acked = c
+	for len(s.unack) > 0 {
+		r := &s.unack[0]
+		if r.sg.seq > c.Seg || (r.sg.seq == c.Seg && r.index > c.Index) {
+			break
+		}
+		done := r.count
+		if r.sg.seq == c.Seg && r.index == c.Index {
+			done = min(c.Offset, r.count) // a record partly delivered (at shutdown)
+		}
+		if done > r.skip {
+			r.sg.delivered += uint64(done - r.skip)
+			s.st.Undelivered -= int64(done - r.skip)
+			r.skip = done
+		}
+		if done < r.count {
+			break
+		}
+		s.unack = s.unack[1:]
+	}
+	return s.collect()
+}
+
+// collect deletes the sealed segments that the acknowledged cursor has passed.
+func (s *Spool) collect() error {
+	for len(s.segs) > 0 {
+		sg := s.segs[0]
+		done := sg.seq < s.acked.Seg ||
+			(sg.seq == s.acked.Seg && sg.sealed && s.acked.Index > sg.meta.records)
+		if !done || !sg.sealed {
+			return nil
+		}
+		if sg.seq == s.acked.Seg {
+			// Moving past this segment: the cursor now means the start of the next one.
+			s.acked = Cursor{Seg: sg.seq + 1, Index: 1}
+		}
+		var err error
+		if sg.damaged {
+			err = os.Rename(s.path(sg.name()), s.path(sg.name()+".bad"))
+			s.st.SetAside++
+		} else {
+			err = os.RemoveAll(s.path(sg.name()))
+		}
+		if err != nil {
+			return fmt.Errorf("spool: delete consumed segment %s: %w", sg.name(), err)
+		}
+		s.segs = s.segs[1:]
+		s.st.DiskBytes -= sg.size
+		if sg.meta.messages > sg.delivered {
+			// Messages of damaged records, which can never be delivered.
+			s.st.Undelivered -= int64(sg.meta.messages - sg.delivered)
+		}
+	}
+	return nil
+}
+
+// Checkpoint persists the acknowledged cursor (atomically; fsynced unless NoSync).
+func (s *Spool) Checkpoint() error {
+	if s.closed {
+		return ErrClosed
+	}
+	if err := writeFileAtomic(s.path(cursorName), encodeCursor(s.acked), !s.opts.NoSync); err != nil {
+		return fmt.Errorf("spool: checkpoint: %w", err)
+	}
+	return nil
+}
+
+// countBacklog sets Undelivered at open from the segments' counts. It reads the cursor's
+// segment to count the records before the cursor.
+func (s *Spool) countBacklog() error {
+	var n int64
+	for _, sg := range s.segs {
+		n += int64(sg.meta.messages)
+	}
+	s.st.Undelivered = n
+	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg || (s.acked.Index <= 1 && s.acked.Offset == 0) {
+		return nil
+	}
+	sg := s.segs[0]
+	buf, err := os.ReadFile(s.path(sg.name(), walFile))
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	ents, _, _ := scanFile(buf)
+	for _, e := range ents {
+		var d uint64
+		if e.index < s.acked.Index {
+			d = uint64(e.hdr.Count)
+		} else if e.index == s.acked.Index {
+			d = uint64(min(int(s.acked.Offset), e.hdr.Count))
+		}
+		sg.delivered += d
+		s.st.Undelivered -= int64(d)
+	}
+	return nil
+}
+
+// Cursor returns the acknowledged position.
+func (s *Spool) Cursor() Cursor { return s.acked }
+
+// Stats returns the spool's disk statistics.
+func (s *Spool) Stats() Stats {
+	st := s.st
+	st.Segments = len(s.segs)
+	if len(s.segs) > 0 {
+		st.Oldest = s.segs[0].meta.first
+	}
+	return st
+}
+
+// Empty reports whether every record written has been read.
+func (s *Spool) Empty() bool {
+	if s.rseg == nil {
+		return true
+	}
+	if !s.rseg.sealed && s.rnext > s.rseg.meta.records {
+		return true
+	}
+	return false
+}
+
+// Close seals the segment being written, persists the cursor and releases the lock.
+// It syncs per the NoSync option.
+func (s *Spool) Close() error {
+	if s.closed {
+		return nil
+	}
+	var errs []error
+	if s.active != nil {
+		if s.active.meta.records == 0 {
+			s.wlog.Close()
+			os.RemoveAll(s.path(s.active.name()))
+			s.dropSeg(s.active)
+			s.wlog, s.active = nil, nil
+		} else {
+			errs = append(errs, s.seal())
+		}
+	}
+	errs = append(errs, s.collect(), s.Checkpoint())
+	s.closed = true
+	s.rbuf, s.rents = nil, nil
+	errs = append(errs, s.lock.Close())
+	return errors.Join(errs...)
+}
