@@ -20,7 +20,7 @@ func (bytesCodec) Decode(data []byte) ([]byte, error) {
 type stringCodec struct{}
 
 func (stringCodec) Encode(dst []byte, v string) ([]byte, error) { return append(dst, v...), nil }
-func (stringCodec) Decode(data []byte) (string, error)         { return string(data), nil }
+func (stringCodec) Decode(data []byte) (string, error)          { return string(data), nil }
 
 type jsonCodec[T any] struct{}
 
