@@ -9,10 +9,11 @@
 // (taken at every segment boundary and every second) may be delivered again. Order is not
 // guaranteed.
 //
-// Data flow: one goroutine (the loop) owns src, Out and the in-memory batch; a second one
-// (the disk goroutine) owns the spool: it encodes, compresses and appends batches, reads
-// records back ahead of need, acknowledges delivered records and deletes consumed segments.
-// They talk only over channels.
+// Data flow: one goroutine (the loop) owns src, Out and the in-memory batch. Full batches go
+// to two compressor goroutines, which encode and compress them into records. One goroutine
+// (the disk goroutine) owns the spool: it appends the records, reads records back ahead of
+// need, acknowledges delivered records and deletes consumed segments. They talk only over
+// channels.
 package pelichan
 
 import (
@@ -40,14 +41,16 @@ type Chan[T any] struct {
 	final     Stats // the last snapshot, set before done is closed
 
 	// loop <-> disk goroutine
-	writeCh  chan []T          // batches to store
+	writeCh  chan []T          // batches to store, taken by the compressors; closed at shutdown
 	freeCh   chan []T          // empty batch slices coming back
+	recCh    chan encoded      // compressed records, from the compressors to the disk goroutine
 	refillCh chan *refill[T]   // batches read back from disk; closed when src is done and disk is empty
 	doneCh   chan *refill[T]   // refill batches fully handed out
 	srcDone  chan struct{}     // closed by the loop: src is closed and nothing more will be written
 	finishCh chan finishReq[T] // shutdown
 
-	avgSize atomic.Int64 // average encoded message size seen by the disk goroutine
+	avgSize  atomic.Int64 // average encoded message size seen by the compressors
+	inflight atomic.Int64 // batches sent to writeCh and not yet stored
 	disk    diskStats
 }
 
@@ -58,14 +61,17 @@ type refill[T any] struct {
 	idx  []uint32 // idx[i]: position of msgs[i] in its record
 }
 
-// finishReq asks the disk goroutine to store what the loop still holds and close the spool.
+// finishReq asks the disk goroutine to store the records still coming from the
+// compressors (recCh is closed when they are done) and close the spool.
 type finishReq[T any] struct {
-	batches [][]T
-	cursor  *spool.Cursor // exact position of the refill batch being handed out, if any
-	reply   chan error
+	cursor *spool.Cursor // exact position of the refill batch being handed out, if any
+	reply  chan error
 }
 
-const batchPool = 4
+const (
+	batchPool   = 4 // pending batch slices in circulation
+	compressors = 2 // goroutines encoding and compressing batches: zstd is the costliest step
+)
 
 // New opens (or creates) the spool in dir and starts moving messages from src to Out.
 // A backlog left in dir by an earlier Chan is delivered too. dir is locked until Close:
@@ -87,6 +93,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		done:     make(chan struct{}),
 		statsReq: make(chan chan Stats),
 		writeCh:  make(chan []T, 1),
+		recCh:    make(chan encoded),
 		freeCh:   make(chan []T, batchPool),
 		refillCh: make(chan *refill[T], 1),
 		doneCh:   make(chan *refill[T], 2),
@@ -106,10 +113,15 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 	for range batchPool {
 		c.freeCh <- make([]T, 0, 64)
 	}
-	var wg sync.WaitGroup
-	wg.Add(2)
+	var wg, cwg sync.WaitGroup
+	wg.Add(3)
 	go func() { defer wg.Done(); c.runDisk(sp) }()
 	go func() { defer wg.Done(); c.loop() }()
+	for range compressors {
+		cwg.Add(1)
+		go func() { defer cwg.Done(); c.compress() }()
+	}
+	go func() { defer wg.Done(); cwg.Wait(); close(c.recCh) }()
 	go func() { wg.Wait(); close(c.done) }()
 	return c, nil
 }
@@ -141,6 +153,7 @@ func (c *Chan[T]) Stats() Stats {
 
 // loopState is what the loop goroutine owns.
 type loopState[T any] struct {
+	c        *Chan[T]
 	pending  []T // spilled messages not yet written; nil while waiting for a free slice
 	ph       int // pending[:ph] were handed out from memory
 	cur      *refill[T]
@@ -148,116 +161,180 @@ type loopState[T any] struct {
 	received int64
 	direct   int64
 	refilled int64
+
+	linger    *time.Timer
+	lingerC   <-chan time.Time
+	flushNow  bool // the linger time passed: write the batch however small
+	srcClosed bool
+	toldDisk  bool              // srcDone is closed
+	refillC   <-chan *refill[T] // nil once the disk goroutine closed it
+}
+
+func (l *loopState[T]) queued() int { return len(l.pending) - l.ph }
+
+// full reports whether the pending batch is to be written now.
+func (l *loopState[T]) full() bool {
+	q := l.queued()
+	return l.pending != nil && (q >= l.c.batchCount() || (l.flushNow && q > 0))
+}
+
+// accepting reports whether the loop may take a message from src.
+func (l *loopState[T]) accepting() bool {
+	return !l.srcClosed && l.pending != nil && !l.full()
+}
+
+// take handles a message received from src: straight to Out if it has room, else into the
+// pending batch.
+func (l *loopState[T]) take(v T) {
+	l.received++
+	select {
+	case l.c.out <- v:
+		l.direct++
+		return
+	default:
+	}
+	if l.queued() == 0 {
+		l.linger.Reset(l.c.opts.linger)
+		l.lingerC = l.linger.C
+	}
+	l.pending = append(l.pending, v)
+}
+
+// next returns the message to hand out next, if any: from the refill batch, else from
+// the pending batch (memory first: it never went to disk).
+func (l *loopState[T]) next() (v T, ok bool) {
+	switch {
+	case l.cur != nil:
+		return l.cur.msgs[l.ci], true
+	case l.queued() > 0:
+		return l.pending[l.ph], true
+	}
+	return v, false
+}
+
+// handed records that the message from next went into Out.
+func (l *loopState[T]) handed() {
+	if l.cur != nil {
+		l.refilled++
+		l.ci++
+		if l.ci == len(l.cur.msgs) {
+			l.c.doneCh <- l.cur // never blocks: there are only two refill batches
+			l.cur = nil
+		}
+		return
+	}
+	var zero T
+	l.pending[l.ph] = zero
+	l.ph++
+	l.direct++
+	if l.ph == len(l.pending) {
+		l.pending, l.ph = l.pending[:0], 0
+		l.lingerC, l.flushNow = nil, false
+	}
+}
+
+// burst moves messages with non-blocking channel operations, which cost far less than
+// the loop's full select, for as long as there is something to move.
+func (l *loopState[T]) burst() {
+	for range 512 {
+		moved := false
+		if v, ok := l.next(); ok {
+			select {
+			case l.c.out <- v:
+				l.handed()
+				moved = true
+			default:
+			}
+		}
+		if l.accepting() {
+			select {
+			case v, ok := <-l.c.src:
+				if !ok {
+					l.srcClosed = true
+				} else {
+					l.take(v)
+				}
+				moved = true
+			default:
+			}
+		}
+		if !moved {
+			return
+		}
+	}
 }
 
 func (c *Chan[T]) loop() {
-	var (
-		st        loopState[T]
-		srcC      = c.src
-		refillC   = c.refillCh
-		linger    = time.NewTimer(time.Hour)
-		lingerC   <-chan time.Time
-		flushNow  bool
-		srcClosed bool
-	)
-	linger.Stop()
-	defer linger.Stop()
-	st.pending = <-c.freeCh
+	l := &loopState[T]{c: c, linger: time.NewTimer(time.Hour), refillC: c.refillCh}
+	l.linger.Stop()
+	defer l.linger.Stop()
+	l.pending = <-c.freeCh
 	for {
-		queued := len(st.pending) - st.ph
-		full := st.pending != nil && (queued >= c.batchCount() || (flushNow && queued > 0))
+		l.burst()
 		// Choose what each case may do this round (nil channels never fire).
 		var (
 			recvSrc  <-chan T
 			sendOut  chan<- T
-			next     T
 			sendDisk chan<- []T
 			getFree  <-chan []T
 			getBatch <-chan *refill[T]
 		)
-		if !srcClosed && st.pending != nil && !full {
-			recvSrc = srcC
+		if l.accepting() {
+			recvSrc = c.src
 		}
-		switch {
-		case st.cur != nil:
-			sendOut, next = c.out, st.cur.msgs[st.ci]
-		case queued > 0:
-			sendOut, next = c.out, st.pending[st.ph]
+		next, ok := l.next()
+		if ok {
+			sendOut = c.out
 		}
-		if st.cur == nil {
-			getBatch = refillC
+		if l.cur == nil {
+			getBatch = l.refillC
 		}
-		if full {
+		if l.full() {
 			sendDisk = c.writeCh
 		}
-		if st.pending == nil {
+		if l.pending == nil {
 			getFree = c.freeCh
 		}
-		if srcClosed && queued == 0 && st.pending != nil && c.srcDone != nil {
+		if l.srcClosed && l.queued() == 0 && l.pending != nil && !l.toldDisk {
 			close(c.srcDone) // nothing more will be written
-			c.srcDone = nil
+			l.toldDisk = true
 		}
-		if srcClosed && refillC == nil && st.cur == nil && queued == 0 {
-			c.shutdown(&st, false)
+		if l.srcClosed && l.refillC == nil && l.cur == nil && l.queued() == 0 {
+			c.shutdown(l, false)
 			return
 		}
 
 		select {
 		case v, ok := <-recvSrc:
 			if !ok {
-				srcClosed = true
+				l.srcClosed = true
 				continue
 			}
-			st.received++
-			select {
-			case c.out <- v:
-				st.direct++
-			default:
-				if queued == 0 {
-					linger.Reset(c.opts.linger)
-					lingerC = linger.C
-				}
-				st.pending = append(st.pending, v)
-			}
+			l.take(v)
 		case sendOut <- next:
-			if st.cur != nil {
-				st.refilled++
-				st.ci++
-				if st.ci == len(st.cur.msgs) {
-					c.doneCh <- st.cur // never blocks: there are only two refill batches
-					st.cur = nil
-				}
-			} else {
-				var zero T
-				st.pending[st.ph] = zero
-				st.ph++
-				st.direct++
-				if st.ph == len(st.pending) {
-					st.pending, st.ph = st.pending[:0], 0
-					lingerC, flushNow = nil, false
-				}
-			}
+			l.handed()
 		case b, ok := <-getBatch:
 			if !ok {
-				refillC = nil
+				l.refillC = nil
 				continue
 			}
 			if len(b.msgs) == 0 {
 				c.doneCh <- b
 				continue
 			}
-			st.cur, st.ci = b, 0
-		case sendDisk <- st.pending[st.ph:]:
-			st.pending, st.ph = nil, 0
-			lingerC, flushNow = nil, false
+			l.cur, l.ci = b, 0
+		case sendDisk <- l.pending[l.ph:]:
+			c.inflight.Add(1)
+			l.pending, l.ph = nil, 0
+			l.lingerC, l.flushNow = nil, false
 		case p := <-getFree:
-			st.pending = p[:0]
-		case <-lingerC:
-			lingerC, flushNow = nil, true
+			l.pending = p[:0]
+		case <-l.lingerC:
+			l.lingerC, l.flushNow = nil, true
 		case r := <-c.statsReq:
-			r <- c.snapshot(&st)
+			r <- c.snapshot(l)
 		case <-c.closing:
-			c.shutdown(&st, true)
+			c.shutdown(l, true)
 			return
 		}
 	}
@@ -271,7 +348,7 @@ func (c *Chan[T]) batchCount() int {
 
 // shutdown stores what the loop holds, closes the spool and Out, and records the final
 // stats. graceful is true for Close, false when src was closed and everything delivered.
-func (c *Chan[T]) shutdown(st *loopState[T], graceful bool) {
+func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 	req := finishReq[T]{reply: make(chan error, 1)}
 	if graceful {
 		var drained []T
@@ -284,22 +361,23 @@ func (c *Chan[T]) shutdown(st *loopState[T], graceful bool) {
 				break drain
 			}
 		}
-		if len(drained) > 0 {
-			req.batches = append(req.batches, drained)
+		for _, b := range [][]T{drained, l.pending[min(l.ph, len(l.pending)):]} {
+			if len(b) > 0 {
+				c.writeCh <- b // the compressors keep taking batches until writeCh is closed
+				c.inflight.Add(1)
+			}
 		}
-		if st.pending != nil && len(st.pending) > st.ph {
-			req.batches = append(req.batches, st.pending[st.ph:])
-		}
-		if st.cur != nil {
-			pos := st.cur.pos
-			pos.Offset = st.cur.idx[st.ci]
+		if l.cur != nil {
+			pos := l.cur.pos
+			pos.Offset = l.cur.idx[l.ci]
 			req.cursor = &pos
 		}
 	}
+	close(c.writeCh)
 	c.finishCh <- req
 	c.closeErr = <-req.reply
 	close(c.out)
-	c.final = c.snapshot(st)
+	c.final = c.snapshot(l)
 	// Everything is on disk or delivered now; messages taken back from Out were stored again.
 	c.final.InMemory = 0
 	c.final.OnDisk = c.disk.undeliveredNow()

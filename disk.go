@@ -77,29 +77,81 @@ func (d *diskStats) get() (s Stats, spilledSrc, dropSrc int64) {
 	return s, d.spilledSrc, d.dropSrc
 }
 
+// encoded is a compressed record on its way from a compressor to the disk goroutine.
+type encoded struct {
+	rec   []byte     // nil for a batch that produced no record (every message refused)
+	n     int        // messages in rec
+	last  bool       // the last record of its batch
+	reply chan error // the compressor waits on it before reusing rec's buffer
+}
+
+// compress turns batches into records until writeCh is closed. Each compressor owns one
+// segment.Writer (and so one zstd encoder).
+func (c *Chan[T]) compress() {
+	w := segment.NewWriter(c.opts.batchBytes)
+	defer w.Close()
+	reply := make(chan error, 1)
+	emit := func(last bool) {
+		if w.Len() == 0 {
+			if last {
+				c.recCh <- encoded{last: true}
+			}
+			return
+		}
+		n := w.Len()
+		c.avgSize.Store(int64(w.Size()/n) - 4)
+		c.recCh <- encoded{rec: w.Record(), n: n, last: last, reply: reply}
+		<-reply
+		w.Reset()
+	}
+	for b := range c.writeCh {
+		w.SetTime(time.Now().UnixNano())
+		for _, v := range b {
+			encode := func(dst []byte) ([]byte, error) { return c.codec.Encode(dst, v) }
+			_, err := w.Add(encode)
+			if errors.Is(err, segment.ErrTooLarge) && w.Len() > 0 {
+				emit(false)
+				_, err = w.Add(encode)
+			}
+			if err != nil {
+				if !errors.Is(err, segment.ErrTooLarge) {
+					err = fmt.Errorf("%w: encode: %w", ErrCodec, err)
+				}
+				c.disk.update(func(s *diskStats) { s.s.Dropped++; s.dropSrc++ })
+				c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: message refused: %w", err))
+			}
+		}
+		c.recycle(b)
+		emit(true)
+	}
+}
+
+// recycle clears a batch slice (so the GC can have its messages) and returns it to the pool.
+func (c *Chan[T]) recycle(b []T) {
+	clear(b)
+	select {
+	case c.freeCh <- b[:0]:
+	default: // a slice made at shutdown, not one of the pool's
+	}
+}
+
 // diskState is what the disk goroutine owns.
 type diskState[T any] struct {
 	sp       *spool.Spool
-	w        *segment.Writer
 	r        *segment.Reader
 	free     []*refill[T] // refill batches not in use
 	ready    *refill[T]   // read and decoded, waiting to be sent to the loop
 	dirty    bool         // written since the last fsync
 	ckptSeg  uint64       // segment of the last checkpoint
 	moved    bool         // acknowledged since the last checkpoint
-	retry    []T          // a batch whose write failed, to be tried again
+	retry    *encoded     // a record whose write failed, to be tried again
 	retryIn  time.Duration
 	srcDone  bool
 	refilled bool // refillCh is closed
 }
 
 func (c *Chan[T]) runDisk(sp *spool.Spool) {
-	d := &diskState[T]{
-		sp: sp,
-		w:  segment.NewWriter(c.opts.batchBytes),
-		r:  segment.NewReader(),
-	}
-	defer d.w.Close()
+	d := &diskState[T]{sp: sp, r: segment.NewReader()}
 	defer d.r.Close()
 	for range 2 {
 		d.free = append(d.free, &refill[T]{})
@@ -116,41 +168,43 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 	retry.Stop()
 	defer retry.Stop()
 	srcDone := c.srcDone
+	recC := c.recCh
 
 	for {
 		if d.ready == nil && len(d.free) > 0 {
 			d.ready = c.readNext(d)
 		}
-		if d.srcDone && !d.refilled && d.ready == nil && d.retry == nil && len(c.writeCh) == 0 && sp.Empty() {
+		if d.srcDone && !d.refilled && d.ready == nil && d.retry == nil && c.inflight.Load() == 0 && sp.Empty() {
 			close(c.refillCh)
 			d.refilled = true
 		}
 		var (
-			sendC  chan<- *refill[T]
-			writeC <-chan []T
+			sendC chan<- *refill[T]
+			recvC <-chan encoded
 		)
 		if d.ready != nil {
 			sendC = c.refillCh
 		}
 		if d.retry == nil {
-			writeC = c.writeCh
+			recvC = recC
 		}
 		select {
-		case b := <-writeC:
-			if err := c.store(d, b); err != nil {
-				d.retry = b
-				d.retryIn = 10 * time.Millisecond
-				retry.Reset(d.retryIn)
+		case e, ok := <-recvC:
+			if !ok {
+				recC = nil // the compressors are done: only at shutdown
 				continue
 			}
-			c.recycle(b)
+			if err := c.store(d, e); err != nil {
+				d.retry = &e
+				d.retryIn = 10 * time.Millisecond
+				retry.Reset(d.retryIn)
+			}
 		case <-retry.C:
-			if err := c.store(d, d.retry); err != nil {
+			if err := c.store(d, *d.retry); err != nil {
 				d.retryIn = min(2*d.retryIn, time.Second)
 				retry.Reset(d.retryIn)
 				continue
 			}
-			c.recycle(d.retry)
 			d.retry = nil
 		case sendC <- d.ready:
 			d.ready = nil
@@ -163,69 +217,35 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 		case <-ckpt.C:
 			c.checkpoint(d)
 		case req := <-c.finishCh:
-			req.reply <- c.finish(d, req)
+			req.reply <- c.finish(d, req, recC)
 			return
 		}
 	}
 }
 
-func (c *Chan[T]) recycle(b []T) {
-	clear(b) // let the GC have the messages
-	c.freeCh <- b[:0]
-}
-
-// store encodes, compresses and appends one batch. On a write error the batch's record
-// stays in the writer, so a retry appends the very same bytes.
-func (c *Chan[T]) store(d *diskState[T], b []T) error {
-	if d.w.Len() == 0 {
-		d.w.SetTime(time.Now().UnixNano())
-		for _, v := range b {
-			c.add(d, v)
+// store appends one record and, with SyncAlways, makes it durable before its messages
+// count as stored. On success the compressor is told to go on; on error it waits while the
+// record is retried.
+func (c *Chan[T]) store(d *diskState[T], e encoded) error {
+	if e.rec != nil {
+		if err := d.sp.Append(e.rec); err != nil {
+			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w (will retry)", err))
+			return err
 		}
-	}
-	return c.flush(d)
-}
-
-// add appends one message to the writer, writing the record first if the message would
-// make it too large.
-func (c *Chan[T]) add(d *diskState[T], v T) {
-	encode := func(dst []byte) ([]byte, error) { return c.codec.Encode(dst, v) }
-	_, err := d.w.Add(encode)
-	if errors.Is(err, segment.ErrTooLarge) && d.w.Len() > 0 {
-		if ferr := c.flush(d); ferr == nil {
-			_, err = d.w.Add(encode)
+		d.dirty = true
+		if c.opts.sync.always {
+			c.sync(d)
 		}
+		c.disk.update(func(s *diskStats) {
+			s.s.Spilled += int64(e.n)
+			s.spilledSrc += int64(e.n)
+		})
+		c.disk.publish(d.sp, d.sp.Stats().Undelivered)
+		e.reply <- nil
 	}
-	if err != nil {
-		if !errors.Is(err, segment.ErrTooLarge) {
-			err = fmt.Errorf("%w: encode: %w", ErrCodec, err)
-		}
-		c.disk.update(func(s *diskStats) { s.s.Dropped++; s.dropSrc++ })
-		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: message refused: %w", err))
+	if e.last {
+		c.inflight.Add(-1)
 	}
-}
-
-// flush appends the writer's record to the spool and, with SyncAlways, makes it durable.
-func (c *Chan[T]) flush(d *diskState[T]) error {
-	n := d.w.Len()
-	if n == 0 {
-		return nil
-	}
-	if err := d.sp.Append(d.w.Record()); err != nil {
-		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w (will retry)", err))
-		return err
-	}
-	d.dirty = true
-	if c.opts.sync.always {
-		c.sync(d)
-	}
-	c.avgSize.Store(int64(d.w.Size()/n) - 4)
-	d.w.Reset()
-	c.disk.update(func(s *diskStats) {
-		s.s.Spilled += int64(n)
-		s.spilledSrc += int64(n)
-	})
-	c.disk.publish(d.sp, d.sp.Stats().Undelivered)
 	return nil
 }
 
@@ -305,17 +325,12 @@ func (c *Chan[T]) checkpoint(d *diskState[T]) {
 	d.ckptSeg = d.sp.Cursor().Seg
 }
 
-// finish stores the loop's leftovers and closes the spool.
-func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
+// finish stores the records still coming from the compressors (the loop has sent its
+// leftovers and closed writeCh), applies the loop's exact cursor and closes the spool.
+func (c *Chan[T]) finish(d *diskState[T], req finishReq[T], recC <-chan encoded) error {
 	var errs []error
-	if d.retry != nil {
-		req.batches = append([][]T{d.retry}, req.batches...)
-	}
 	for {
 		select {
-		case b := <-c.writeCh:
-			req.batches = append(req.batches, b)
-			continue
 		case b := <-c.doneCh:
 			c.ack(d, b, spool.Cursor{Seg: b.pos.Seg, Index: b.pos.Index + 1})
 			continue
@@ -323,11 +338,30 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 		}
 		break
 	}
-	for _, b := range req.batches {
-		if err := c.store(d, b); err != nil {
-			errs = append(errs, fmt.Errorf("pelichan: close: %d messages could not be stored: %w", len(b), err))
-			d.w.Reset()
+	put := func(e encoded) {
+		var err error
+		for try := 0; try < 3; try++ {
+			if err = c.store(d, e); err == nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
+		errs = append(errs, fmt.Errorf("pelichan: close: %d messages could not be stored: %w", e.n, err))
+		e.reply <- err
+		if e.last {
+			c.inflight.Add(-1)
+		}
+	}
+	if d.retry != nil {
+		put(*d.retry)
+		d.retry = nil
+	}
+	for recC != nil {
+		e, ok := <-recC
+		if !ok {
+			break
+		}
+		put(e)
 	}
 	if req.cursor != nil {
 		if err := d.sp.Ack(*req.cursor); err != nil {

@@ -1,0 +1,160 @@
+package pelichan
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/pelichan/pelichan/internal/loggen"
+)
+
+// benchLines returns n generated log lines (100-300 bytes) and their total size.
+func benchLines(n int) ([][]byte, int64) {
+	g := loggen.New(1)
+	lines := make([][]byte, n)
+	var total int64
+	for i := range lines {
+		lines[i] = g.Append(nil, uint64(i))
+		total += int64(len(lines[i]))
+	}
+	return lines, total
+}
+
+var benchSyncs = []struct {
+	name string
+	p    SyncPolicy
+}{{"never", SyncNever}, {"every1s", SyncEvery(1e9)}, {"always", SyncAlways}}
+
+// waitStored waits until every message received is on disk or delivered.
+func waitStored[T any](c *Chan[T], n int64) {
+	for {
+		st := c.Stats()
+		if st.Received >= n && st.InMemory == 0 {
+			return
+		}
+	}
+}
+
+// BenchmarkSpill: the consumer is stalled, every message goes to disk.
+func BenchmarkSpill(b *testing.B) {
+	lines, total := benchLines(4096)
+	for _, s := range benchSyncs {
+		b.Run("sync="+s.name, func(b *testing.B) {
+			src := make(chan []byte, 256)
+			c, err := New(b.TempDir(), src, Bytes, WithBuffer(0), WithSync(s.p))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(total / int64(len(lines)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				src <- lines[i%len(lines)]
+			}
+			waitStored(c, int64(b.N))
+			b.StopTimer()
+			st := c.Stats()
+			if st.Spilled+st.Direct != int64(b.N) {
+				b.Fatalf("stored %d+%d of %d", st.Spilled, st.Direct, b.N)
+			}
+			b.ReportMetric(st.CompressionRatio, "ratio")
+			if err := c.Close(); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+// BenchmarkRefill: a backlog on disk is drained by a consumer that keeps up.
+func BenchmarkRefill(b *testing.B) {
+	lines, total := benchLines(4096)
+	dir := b.TempDir()
+	src := make(chan []byte, 256)
+	c, err := New(dir, src, Bytes, WithBuffer(0), WithSync(SyncNever))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < b.N; i++ {
+		src <- lines[i%len(lines)]
+	}
+	waitStored(c, int64(b.N))
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(total / int64(len(lines)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	src2 := make(chan []byte)
+	close(src2)
+	c, err = New(dir, src2, Bytes, WithSync(SyncNever))
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for range c.Out() {
+		n++
+	}
+	b.StopTimer()
+	if n != b.N {
+		b.Fatalf("refilled %d of %d", n, b.N)
+	}
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkDirect: the consumer keeps up; compare with BenchmarkPlainChanCopy.
+func BenchmarkDirect(b *testing.B) {
+	for _, size := range []int{100, 1000} {
+		b.Run(fmt.Sprint("buffer=", size), func(b *testing.B) {
+			msg := make([]byte, 200)
+			src := make(chan []byte, size)
+			c, err := New(b.TempDir(), src, Bytes, WithBuffer(size))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			go func() {
+				for i := 0; i < b.N; i++ {
+					src <- msg
+				}
+				close(src)
+			}()
+			for range c.Out() {
+			}
+			b.StopTimer()
+			if st := c.Stats(); st.Direct != int64(b.N) {
+				b.Logf("direct %d of %d (the rest spilled)", st.Direct, b.N)
+			}
+			c.Close()
+		})
+	}
+}
+
+// BenchmarkPlainChanCopy is the ceiling for BenchmarkDirect: one goroutine copying from
+// one channel to another.
+func BenchmarkPlainChanCopy(b *testing.B) {
+	for _, size := range []int{100, 1000} {
+		b.Run(fmt.Sprint("buffer=", size), func(b *testing.B) {
+			msg := make([]byte, 200)
+			src, out := make(chan []byte, size), make(chan []byte, size)
+			go func() {
+				for v := range src {
+					out <- v
+				}
+				close(out)
+			}()
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			go func() {
+				for i := 0; i < b.N; i++ {
+					src <- msg
+				}
+				close(src)
+			}()
+			for range out {
+			}
+		})
+	}
+}
