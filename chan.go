@@ -51,7 +51,7 @@ type Chan[T any] struct {
 
 	avgSize  atomic.Int64 // average encoded message size seen by the compressors
 	inflight atomic.Int64 // batches sent to writeCh and not yet stored
-	disk    diskStats
+	disk     diskStats
 }
 
 // refill is one record read back from disk and decoded.

@@ -12,12 +12,15 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
+	"runtime/debug"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
 
+// Regenerate the golden file with: go test ./segment -run TestGolden -update
+// (the package must come before -update, or go test passes it to the test binary).
 var update = flag.Bool("update", false, "rewrite testdata/golden.rec from the golden batch")
 
 var knownBugs = flag.Bool("knownbugs", false, "also run the tests of known, unfixed bugs")
@@ -120,7 +123,7 @@ func rawSize(msgs [][]byte) int {
 	return n
 }
 
-// checkBatch asserts that b holds exactly msgs with time t.
+// checkBatch asserts that b holds exactly msgs with time stamp tm.
 func checkBatch(t *testing.T, b Batch, tm int64, msgs [][]byte) {
 	t.Helper()
 	if b.Count != len(msgs) {
@@ -157,7 +160,7 @@ func assertCorrupt(t *testing.T, what string, err error) {
 	}
 }
 
-// decodeNoPanic runs Decode on a fresh Reader and turns a panic into a test failure.
+// decodeNoPanic runs r.Decode and turns a panic into a test failure.
 func decodeNoPanic(t *testing.T, r *Reader, rec []byte) (b Batch, err error) {
 	t.Helper()
 	defer func() {
@@ -181,9 +184,10 @@ func TestRoundTrip(t *testing.T) {
 	for _, n := range []int{0, 1, 3, 4, 5, 100, 1000, 4095, 4096, 4097, 20000} {
 		varied = append(varied, randBytes(n))
 	}
+	logs := newLogGen(1)
 	near64K := [][]byte{}
 	for rawSize(near64K) < 64<<10-300 {
-		near64K = append(near64K, []byte(logLine(rng)))
+		near64K = append(near64K, logs.line())
 	}
 	many := make([][]byte, 1000)
 	for i := range many {
@@ -264,7 +268,7 @@ func TestWriterCounters(t *testing.T) {
 // A Writer reused across Reset must not leak messages, counts or time stamps from one
 // record into the next, whatever the sizes.
 func TestWriterReuse(t *testing.T) {
-	rng := rand.New(rand.NewPCG(3, 4))
+	logs := newLogGen(3)
 	w := NewWriter(4096)
 	defer w.Close()
 	r := NewReader()
@@ -274,7 +278,7 @@ func TestWriterReuse(t *testing.T) {
 		{bytes.Repeat([]byte("big "), 30000)}, // outgrows the initial buffers
 		{[]byte("x")},
 		{{}, {}},
-		{[]byte(logLine(rng)), []byte(logLine(rng)), []byte(logLine(rng))},
+		{logs.line(), logs.line(), logs.line()},
 	}
 	var recs [][]byte
 	for i, msgs := range batches {
@@ -332,10 +336,10 @@ func TestWriterRecordTwice(t *testing.T) {
 // One Reader decodes records of different sizes in any order, including after a failed
 // Decode.
 func TestReaderReuse(t *testing.T) {
-	rng := rand.New(rand.NewPCG(5, 6))
+	logs := newLogGen(5)
 	var big [][]byte
 	for range 500 {
-		big = append(big, []byte(logLine(rng)))
+		big = append(big, logs.line())
 	}
 	small := [][]byte{[]byte("s1"), {}, []byte("s3")}
 	one := [][]byte{[]byte("only")}
@@ -402,7 +406,7 @@ func TestGolden(t *testing.T) {
 	}
 	golden, err := os.ReadFile(goldenPath)
 	if err != nil {
-		t.Fatalf("%v (run go test -run TestGolden -update to create it)", err)
+		t.Fatalf("%v (create it with: go test ./segment -run TestGolden -update)", err)
 	}
 
 	// The header's first 20 bytes do not depend on zstd: check them against a literal, so a
@@ -431,7 +435,7 @@ func TestTruncated(t *testing.T) {
 	r := NewReader()
 	defer r.Close()
 	for n := 0; n < len(rec); n++ {
-		short := make([]byte, n) // exact capacity: reading past len would be caught by -race/bounds
+		short := make([]byte, n) // exact capacity: nothing past n is reachable, even by reslicing
 		copy(short, rec)
 		_, err := decodeNoPanic(t, r, short)
 		assertCorrupt(t, fmt.Sprintf("Decode of first %d of %d bytes", n, len(rec)), err)
@@ -454,29 +458,35 @@ func TestHeaderDamage(t *testing.T) {
 	}
 	raw := uint32(rawSize(msgs))
 	tests := []struct {
-		name   string
+		name string
+		// header: ParseHeader alone must refuse it; otherwise only the payload shows the lie.
+		header bool
 		damage func([]byte)
 	}{
-		{"magic byte 0", func(b []byte) { b[0] = 'P' }},
-		{"magic byte 1", func(b []byte) { b[1] = 'C' }},
-		{"magic swapped", func(b []byte) { b[0], b[1] = b[1], b[0] }},
-		{"version 0", func(b []byte) { b[2] = 0 }},
-		{"version 2", func(b []byte) { b[2] = 2 }},
-		{"version 255", func(b []byte) { b[2] = 255 }},
-		{"flags 1", func(b []byte) { b[3] = 1 }},
-		{"flags 0x80", func(b []byte) { b[3] = 0x80 }},
-		{"count 0", put32(4, 0)},
-		{"count +1", put32(4, 4)},
-		{"count -1", put32(4, 2)},
-		{"count max", put32(4, 1<<32-1)},
-		{"count rawLen/4", put32(4, raw/4)},
-		{"rawLen 0", put32(8, 0)},
-		{"rawLen +1", put32(8, raw+1)},
-		{"rawLen -1", put32(8, raw-1)},
-		{"rawLen below 4*count", put32(8, 4*3-1)},
-		{"rawLen MaxRawSize", put32(8, MaxRawSize)},
-		{"rawLen MaxRawSize+1", put32(8, MaxRawSize+1)},
-		{"rawLen max", put32(8, 1<<32-1)},
+		{"magic byte 0", true, func(b []byte) { b[0] = 'P' }},
+		{"magic byte 1", true, func(b []byte) { b[1] = 'C' }},
+		{"magic swapped", true, func(b []byte) { b[0], b[1] = b[1], b[0] }},
+		{"version 0", true, func(b []byte) { b[2] = 0 }},
+		{"version 2", true, func(b []byte) { b[2] = 2 }},
+		{"version 255", true, func(b []byte) { b[2] = 255 }},
+		{"flags 1", true, func(b []byte) { b[3] = 1 }},
+		{"flags 0x80", true, func(b []byte) { b[3] = 0x80 }},
+		{"count 0", true, put32(4, 0)},
+		{"count +1", false, put32(4, 4)},
+		{"count -1", false, put32(4, 2)},
+		{"count max", true, put32(4, 1<<32-1)},
+		{"count rawLen/4", false, put32(4, raw/4)},
+		{"rawLen 0", true, put32(8, 0)},
+		{"rawLen +1", false, put32(8, raw+1)},
+		{"rawLen -1", false, put32(8, raw-1)},
+		{"rawLen below 4*count", true, put32(8, 4*3-1)},
+		{"rawLen MaxRawSize", false, put32(8, MaxRawSize)},
+		{"rawLen MaxRawSize+1", true, put32(8, MaxRawSize+1)},
+		{"rawLen max", true, put32(8, 1<<32-1)},
+		// With a 32-bit int these wrap to Count -1, RawLen -1, which passes a signed check.
+		{"count max, rawLen max", true, func(b []byte) { put32(4, 1<<32-1)(b); put32(8, 1<<32-1)(b) }},
+		{"count 2^31, rawLen 2^31", true, func(b []byte) { put32(4, 1<<31)(b); put32(8, 1<<31)(b) }},
+		{"count 2^30, rawLen 8", true, func(b []byte) { put32(4, 1<<30)(b); put32(8, 8)(b) }},
 	}
 	r := NewReader()
 	defer r.Close()
@@ -491,6 +501,12 @@ func TestHeaderDamage(t *testing.T) {
 			seal(rec)
 			_, err = decodeNoPanic(t, r, rec)
 			assertCorrupt(t, "Decode, resealed CRC", err)
+			if tt.header {
+				h, err := ParseHeader(rec)
+				assertCorrupt(t, fmt.Sprintf("ParseHeader (returned %+v)", h), err)
+				h, err = Verify(rec)
+				assertCorrupt(t, fmt.Sprintf("Verify, resealed CRC (returned %+v)", h), err)
+			}
 			// The reader still works afterwards.
 			b, err := r.Decode(good)
 			if err != nil {
@@ -555,11 +571,11 @@ func TestBitFlips(t *testing.T) {
 func TestBadPayload(t *testing.T) {
 	frame := func(raw []byte) []byte { return zstdFrame(t, raw) }
 	good := frame(items("abc"))
-	// A frame that declares more content than MaxRawSize, with a one-byte RLE block: it
-	// must be refused from its header alone.
-	huge := []byte{0x28, 0xb5, 0x2f, 0xfd, 0xe0} // magic; FCS 8 bytes, single segment
+	// A frame that declares more content than MaxRawSize, with a tiny RLE block: it must be
+	// refused from its header alone.
+	huge := []byte{0x28, 0xb5, 0x2f, 0xfd, 0xe0} // magic; descriptor: 8-byte FCS, single segment
 	huge = binary.LittleEndian.AppendUint64(huge, MaxRawSize+1)
-	huge = append(huge, 0x03, 0x00, 0x00, 0x00) // last block, RLE, size 0 (header only)
+	huge = append(huge, 0x03, 0x00, 0x00, 0x00) // block header (last, RLE, size 0), RLE byte
 
 	tests := []struct {
 		name          string
@@ -690,12 +706,36 @@ func TestAddEncodeError(t *testing.T) {
 	}
 }
 
+// skipHuge skips tests that fill 64 MiB buffers in -short mode and under the race
+// detector, whose shadow memory makes them take seconds; they have no concurrency to check.
+func skipHuge(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("fills 64 MiB buffers; skipped in -short mode")
+	}
+	if raceEnabled() {
+		t.Skip("fills 64 MiB buffers, which takes seconds under -race; run without -race")
+	}
+}
+
+// raceEnabled reports whether the test binary was built with -race.
+func raceEnabled() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
+
 // A message that would push the batch past MaxRawSize is refused and leaves the batch
 // as it was; a batch of exactly MaxRawSize is fine.
 func TestAddTooLarge(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocates 64 MiB buffers")
-	}
+	skipHuge(t)
 	w := NewWriter(1024)
 	defer w.Close()
 	if err := w.AddBytes([]byte("small")); err != nil {
@@ -730,17 +770,17 @@ func TestAddTooLarge(t *testing.T) {
 
 // The package doc promises that decoding never allocates more than MaxRawSize bytes for
 // one record. The worst legal record is MaxRawSize bytes of empty messages (16 Mi of
-// them), which compresses to a few KiB.
+// them), which compresses to about 7 KiB. Decode needs the raw buffer plus some index of
+// the messages; this test allows an index of up to 4 bytes per message (so about
+// 2 × MaxRawSize in all, which the doc should then say), not more.
 //
 // Known bug, skipped unless -knownbugs is given: Decode's offset index is an []int grown
-// by append, so this 7 KiB record makes it allocate about 800 MiB (12 × MaxRawSize).
+// by append, so this record makes it allocate about 800 MiB (12.5 × MaxRawSize).
 func TestDecodeMemoryBound(t *testing.T) {
 	if !*knownBugs {
 		t.Skip("known bug in Decode's offset index; run with -knownbugs")
 	}
-	if testing.Short() {
-		t.Skip("allocates 64 MiB buffers")
-	}
+	skipHuge(t)
 	count := MaxRawSize / lenSize
 	rec := handRecord(uint32(count), MaxRawSize, 0, zstdFrame(t, make([]byte, MaxRawSize)))
 	r := NewReader()
@@ -758,78 +798,144 @@ func TestDecodeMemoryBound(t *testing.T) {
 	}
 	alloc := after.TotalAlloc - before.TotalAlloc
 	t.Logf("decoding a %d-byte record of %d empty messages allocated %d MiB", len(rec), count, alloc>>20)
-	if alloc > MaxRawSize+MaxRawSize/16 {
+	if limit := uint64(2*MaxRawSize + MaxRawSize/8); alloc > limit {
 		t.Errorf("Decode allocated %d bytes (%.1f × MaxRawSize)", alloc, float64(alloc)/MaxRawSize)
 	}
 }
 
-// logLine returns a deterministic, log-like line of 100 to 300 bytes: time stamps, levels,
-// hosts, paths, numbers and ids, so that it compresses like real logs rather than like
-// repeated text.
-func logLine(rng *rand.Rand) string {
-	levels := []string{"DEBUG", "INFO", "INFO", "INFO", "WARN", "ERROR"}
-	methods := []string{"GET", "GET", "GET", "POST", "PUT", "DELETE"}
-	paths := []string{"/api/v1/users", "/api/v1/orders", "/api/v2/search", "/healthz", "/static/js/app.js",
-		"/api/v1/payments", "/login", "/api/v1/inventory/items", "/metrics"}
-	services := []string{"checkout", "auth", "catalog", "gateway", "billing", "search"}
-	regions := []string{"eu-west-1", "us-east-1", "ap-south-1", "us-west-2"}
-	statuses := []int{200, 200, 200, 200, 201, 204, 301, 304, 400, 401, 404, 500, 503}
-	agents := []string{"Mozilla/5.0 (X11; Linux x86_64)", "curl/8.5.0", "Go-http-client/1.1",
-		"Mozilla/5.0 (Macintosh; Intel Mac OS X 14_2)", "kube-probe/1.29", "python-requests/2.31"}
-	words := []string{"cache", "miss", "retry", "upstream", "timeout", "slow", "query", "user",
-		"token", "expired", "connection", "reset", "pool", "exhausted", "fallback", "ok"}
-
-	var sb strings.Builder
-	sec := rng.IntN(86400)
-	fmt.Fprintf(&sb, "2024-05-%02dT%02d:%02d:%02d.%06dZ %-5s %s-%d.%s ",
-		1+rng.IntN(28), sec/3600, sec/60%60, sec%60, rng.IntN(1000000),
-		levels[rng.IntN(len(levels))], services[rng.IntN(len(services))], rng.IntN(40),
-		regions[rng.IntN(len(regions))])
-	path := paths[rng.IntN(len(paths))]
-	if rng.IntN(2) == 0 {
-		path = fmt.Sprintf("%s/%d", path, rng.IntN(1000000))
+// Known bug, skipped unless -knownbugs is given: after refusing a message with
+// ErrTooLarge, Add keeps the oversized buffer the encode func grew (w.raw = raw[:mark]),
+// so one refused 100 MiB message pins 100 MiB in the Writer until it is dropped; Reset
+// keeps it too.
+func TestAddTooLargeKeepsNoBuffer(t *testing.T) {
+	if !*knownBugs {
+		t.Skip("known bug in Add's ErrTooLarge path; run with -knownbugs")
 	}
-	if rng.IntN(3) == 0 {
-		path = fmt.Sprintf("%s?page=%d&limit=%d", path, rng.IntN(50), 10*(1+rng.IntN(10)))
+	skipHuge(t)
+	w := NewWriter(1024)
+	defer w.Close()
+	_ = w.AddBytes([]byte("small"))
+	_, err := w.Add(func(dst []byte) ([]byte, error) { return append(dst, make([]byte, MaxRawSize)...), nil })
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Add = %v, want ErrTooLarge", err)
 	}
-	fmt.Fprintf(&sb, "%s %s status=%d bytes=%d dur=%d.%03dms ip=10.%d.%d.%d req=%016x",
-		methods[rng.IntN(len(methods))], path, statuses[rng.IntN(len(statuses))], rng.IntN(200000),
-		rng.IntN(900), rng.IntN(1000), rng.IntN(256), rng.IntN(256), rng.IntN(256), rng.Uint64())
-	fmt.Fprintf(&sb, " ua=%q", agents[rng.IntN(len(agents))])
-	for sb.Len() < 100 || (sb.Len() < 260 && rng.IntN(3) != 0) {
-		fmt.Fprintf(&sb, " %s", words[rng.IntN(len(words))])
+	if c := cap(w.raw); c > 1<<20 {
+		t.Errorf("after a refused message the Writer holds a %d MiB buffer for a %d-byte batch", c>>20, w.Size())
 	}
-	s := sb.String()
-	if len(s) > 300 {
-		s = s[:300]
-	}
-	return s
 }
 
-// logBatch returns deterministic log lines adding up to about size raw bytes.
+// Known bug, skipped unless -knownbugs is given: the package doc says the payload is one
+// zstd frame with zstd's content checksum, and that a record that is not exactly this is
+// corrupt; Decode accepts (behind a valid CRC) several frames, skippable frames, and a
+// frame without checksum, because DecodeAll does.
+func TestPayloadIsOneFrame(t *testing.T) {
+	if !*knownBugs {
+		t.Skip("known bug: Decode accepts payloads that are not one checksummed zstd frame; run with -knownbugs")
+	}
+	skippable := []byte{0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 'x', 'y', 'z'}
+	noCRC, err := zstd.NewWriter(nil, zstd.WithEncoderCRC(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer noCRC.Close()
+	tests := []struct {
+		name          string
+		count, rawLen uint32
+		payload       []byte
+	}{
+		{"two frames", 2, 12, append(zstdFrame(t, items("ab")), zstdFrame(t, items("cd"))...)},
+		{"frame, skippable frame", 1, 6, append(zstdFrame(t, items("ab")), skippable...)},
+		{"skippable frame, frame", 1, 6, append(bytes.Clone(skippable), zstdFrame(t, items("ab"))...)},
+		{"frame without checksum", 1, 6, noCRC.EncodeAll(items("ab"), nil)},
+	}
+	r := NewReader()
+	defer r.Close()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := decodeNoPanic(t, r, handRecord(tt.count, tt.rawLen, 0, tt.payload))
+			if err == nil {
+				t.Fatalf("Decode accepted it as %d messages", b.Count)
+			}
+			assertCorrupt(t, "Decode", err)
+		})
+	}
+}
+
+// logGen generates deterministic, log-like lines of 100 to 300 bytes: increasing time
+// stamps, levels, hosts, paths, status codes, sizes, durations and request ids, so that a
+// batch compresses like real logs (about 4x) rather than like repeated text.
+type logGen struct {
+	rng *rand.Rand
+	now time.Time
+}
+
+func newLogGen(seed uint64) *logGen {
+	return &logGen{
+		rng: rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)),
+		now: time.Date(2024, 5, 17, 13, 45, 0, 0, time.UTC),
+	}
+}
+
+var (
+	logLevels  = []string{"DEBUG", "INFO", "INFO", "INFO", "INFO", "WARN", "ERROR"}
+	logMethods = []string{"GET", "GET", "GET", "POST", "PUT", "DELETE"}
+	logPaths   = []string{"/api/v1/users", "/api/v1/orders", "/api/v2/search", "/healthz",
+		"/static/js/app.js", "/api/v1/payments", "/login", "/api/v1/inventory/items", "/metrics"}
+	logServices = []string{"checkout", "auth", "catalog", "gateway", "billing", "search"}
+	logRegions  = []string{"eu-west-1", "us-east-1", "ap-south-1", "us-west-2"}
+	logStatuses = []int{200, 200, 200, 200, 201, 204, 301, 304, 400, 401, 404, 500, 503}
+	logAgents   = []string{"Mozilla/5.0 (X11; Linux x86_64)", "curl/8.5.0", "Go-http-client/1.1",
+		"Mozilla/5.0 (Macintosh; Intel Mac OS X 14_2)", "kube-probe/1.29", "python-requests/2.31"}
+	logWords = []string{"cache", "miss", "retry", "upstream", "timeout", "slow", "query", "user",
+		"token", "expired", "connection", "reset", "pool", "exhausted", "fallback", "ok"}
+)
+
+func (g *logGen) line() []byte {
+	rng := g.rng
+	pick := func(s []string) string { return s[rng.IntN(len(s))] }
+	g.now = g.now.Add(time.Duration(rng.IntN(20000)) * time.Microsecond)
+	b := g.now.AppendFormat(nil, "2006-01-02T15:04:05.000000Z07:00")
+	b = fmt.Appendf(b, " %-5s %s-%d.%s ", pick(logLevels), pick(logServices), rng.IntN(40), pick(logRegions))
+	b = fmt.Appendf(b, "%s %s", pick(logMethods), pick(logPaths))
+	if rng.IntN(2) == 0 {
+		b = fmt.Appendf(b, "/%d", rng.IntN(1000000))
+	}
+	if rng.IntN(3) == 0 {
+		b = fmt.Appendf(b, "?page=%d&limit=%d", rng.IntN(50), 10*(1+rng.IntN(10)))
+	}
+	b = fmt.Appendf(b, " status=%d bytes=%d dur=%d.%dms ip=10.0.%d.%d req=%08x ua=%q",
+		logStatuses[rng.IntN(len(logStatuses))], rng.IntN(50000), rng.IntN(500), rng.IntN(10),
+		rng.IntN(8), rng.IntN(256), rng.Uint32(), pick(logAgents))
+	for len(b) < 100 || (len(b) < 260 && rng.IntN(3) != 0) {
+		b = append(b, ' ')
+		b = append(b, pick(logWords)...)
+	}
+	return b[:min(len(b), 300)]
+}
+
+// logBatch returns deterministic log lines adding up to at most size raw bytes.
 func logBatch(size int) [][]byte {
-	rng := rand.New(rand.NewPCG(2024, 5))
+	g := newLogGen(2024)
 	var msgs [][]byte
-	for n := 0; n < size; {
-		line := []byte(logLine(rng))
+	for n := 0; ; {
+		line := g.line()
 		if n+lenSize+len(line) > size {
-			break
+			return msgs
 		}
 		msgs = append(msgs, line)
 		n += lenSize + len(line)
 	}
-	return msgs
 }
 
-func TestLogLine(t *testing.T) {
-	rng := rand.New(rand.NewPCG(7, 8))
+func TestLogGen(t *testing.T) {
+	g := newLogGen(7)
 	seen := map[string]bool{}
 	for range 1000 {
-		l := logLine(rng)
+		l := g.line()
 		if len(l) < 100 || len(l) > 300 {
 			t.Fatalf("line of %d bytes: %q", len(l), l)
 		}
-		seen[l] = true
+		seen[string(l)] = true
 	}
 	if len(seen) != 1000 {
 		t.Fatalf("only %d distinct lines of 1000", len(seen))
