@@ -31,8 +31,8 @@
 //
 // A record that is not exactly this (wrong magic or version, bad CRC, a zstd error, a
 // payload whose items do not add up to count and rawLen) is reported as an error that
-// wraps ErrCorrupt. Decoding never panics and never allocates more than MaxRawSize bytes
-// for one record.
+// wraps ErrCorrupt. Decoding never panics, and one record never makes it allocate more than
+// about 2 × MaxRawSize bytes (the payload, and an index of 4 bytes per message).
 package segment
 
 import (
@@ -93,18 +93,21 @@ func ParseHeader(rec []byte) (Header, error) {
 	if rec[3] != 0 {
 		return Header{}, corrupt("unknown flags %#x", rec[3])
 	}
-	h := Header{
-		Count:  int(binary.LittleEndian.Uint32(rec[4:])),
-		RawLen: int(binary.LittleEndian.Uint32(rec[8:])),
-		Time:   int64(binary.LittleEndian.Uint64(rec[12:])),
-	}
-	if h.Count == 0 {
+	// Compare as unsigned 64-bit numbers: with a 32-bit int the conversions below could
+	// wrap to negative values, and count*lenSize could overflow.
+	count := binary.LittleEndian.Uint32(rec[4:])
+	rawLen := binary.LittleEndian.Uint32(rec[8:])
+	if count == 0 {
 		return Header{}, corrupt("record holds no messages")
 	}
-	if h.RawLen > MaxRawSize || h.RawLen < h.Count*lenSize {
-		return Header{}, corrupt("raw length %d does not fit %d messages", h.RawLen, h.Count)
+	if rawLen > MaxRawSize || uint64(rawLen) < uint64(count)*lenSize {
+		return Header{}, corrupt("raw length %d does not fit %d messages", rawLen, count)
 	}
-	return h, nil
+	return Header{
+		Count:  int(count),
+		RawLen: int(rawLen),
+		Time:   int64(binary.LittleEndian.Uint64(rec[12:])),
+	}, nil
 }
 
 // Verify checks a record's header and CRC without decompressing it.
@@ -130,7 +133,12 @@ type Writer struct {
 	time  int64
 	out   []byte
 	enc   *zstd.Encoder
+	max   int // largest message accepted; 0: no limit but MaxRawSize
 }
+
+// SetMaxMessage makes Add refuse, with ErrTooLarge, a message longer than n bytes
+// (n <= 0: no limit but MaxRawSize).
+func (w *Writer) SetMaxMessage(n int) { w.max = n }
 
 // NewWriter returns a Writer whose zstd window fits batches of about batchSize bytes.
 func NewWriter(batchSize int) *Writer {
@@ -164,8 +172,12 @@ func (w *Writer) Add(encode func(dst []byte) ([]byte, error)) (int, error) {
 		return 0, err
 	}
 	n := len(raw) - mark - lenSize
+	if w.max > 0 && n > w.max {
+		w.raw = w.raw[:mark]
+		return 0, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, n, w.max)
+	}
 	if len(raw) > MaxRawSize {
-		w.raw = raw[:mark]
+		w.raw = w.raw[:mark] // not raw[:mark]: drop the buffer encode grew for the refused message
 		return 0, fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
 	}
 	binary.LittleEndian.PutUint32(raw[mark:], uint32(n))
@@ -222,7 +234,7 @@ func (w *Writer) Close() { w.enc.Close() }
 type Reader struct {
 	dec  *zstd.Decoder
 	raw  []byte
-	offs []int // start of each message in raw; offs[count] is the end sentinel
+	offs []uint32 // start of each message in raw; offs[count] is the end sentinel
 }
 
 // NewReader returns a Reader.
@@ -249,6 +261,9 @@ func (r *Reader) Decode(rec []byte) (Batch, error) {
 	if cap(r.raw) < h.RawLen {
 		r.raw = make([]byte, 0, h.RawLen)
 	}
+	if err := oneFrame(rec[HeaderSize:]); err != nil {
+		return Batch{}, corrupt("zstd: %v", err)
+	}
 	raw, err := r.dec.DecodeAll(rec[HeaderSize:], r.raw[:0])
 	if err != nil {
 		return Batch{}, corrupt("zstd: %v", err)
@@ -257,6 +272,10 @@ func (r *Reader) Decode(rec []byte) (Batch, error) {
 		return Batch{}, corrupt("payload is %d bytes, header says %d", len(raw), h.RawLen)
 	}
 	r.raw = raw
+	// Count <= RawLen/4, so the index takes at most RawLen+4 bytes, allocated once.
+	if cap(r.offs) < h.Count+1 {
+		r.offs = make([]uint32, 0, h.Count+1)
+	}
 	offs := r.offs[:0]
 	pos := 0
 	for i := 0; i < h.Count; i++ {
@@ -268,13 +287,13 @@ func (r *Reader) Decode(rec []byte) (Batch, error) {
 		if n > len(raw)-pos {
 			return Batch{}, corrupt("message %d of %d: length %d past the payload", i, h.Count, n)
 		}
-		offs = append(offs, pos)
+		offs = append(offs, uint32(pos))
 		pos += n
 	}
 	if pos != len(raw) {
 		return Batch{}, corrupt("%d trailing payload bytes", len(raw)-pos)
 	}
-	offs = append(offs, pos+lenSize) // sentinel: message i ends at offs[i+1]-lenSize
+	offs = append(offs, uint32(pos+lenSize)) // sentinel: message i ends at offs[i+1]-lenSize
 	r.offs = offs
 	return Batch{Header: h, raw: raw, offs: offs}, nil
 }
@@ -286,10 +305,48 @@ func (r *Reader) Close() { r.dec.Close() }
 type Batch struct {
 	Header
 	raw  []byte
-	offs []int
+	offs []uint32
 }
 
 // Message returns message i (0 <= i < Count). The slice aliases the Reader's buffer.
 func (b Batch) Message(i int) []byte {
 	return b.raw[b.offs[i] : b.offs[i+1]-lenSize]
+}
+
+// oneFrame checks that p is exactly one zstd frame that carries a content checksum:
+// DecodeAll alone would also accept several frames and skippable frames.
+func oneFrame(p []byte) error {
+	var zh zstd.Header
+	if err := zh.Decode(p); err != nil {
+		return err
+	}
+	if zh.Skippable {
+		return errors.New("skippable frame")
+	}
+	if !zh.HasCheckSum {
+		return errors.New("frame without content checksum")
+	}
+	pos := zh.HeaderSize
+	for {
+		if len(p)-pos < 3 {
+			return errors.New("truncated block header")
+		}
+		bh := uint32(p[pos]) | uint32(p[pos+1])<<8 | uint32(p[pos+2])<<16
+		pos += 3
+		size := int(bh >> 3)
+		if bh>>1&3 == 1 { // RLE block: one byte repeated size times
+			size = 1
+		}
+		if len(p)-pos < size {
+			return errors.New("truncated block")
+		}
+		pos += size
+		if bh&1 == 1 { // last block
+			break
+		}
+	}
+	if len(p)-pos != 4 {
+		return fmt.Errorf("frame followed by %d bytes instead of a 4-byte checksum", len(p)-pos)
+	}
+	return nil
 }

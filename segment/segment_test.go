@@ -23,7 +23,6 @@ import (
 // (the package must come before -update, or go test passes it to the test binary).
 var update = flag.Bool("update", false, "rewrite testdata/golden.rec from the golden batch")
 
-var knownBugs = flag.Bool("knownbugs", false, "also run the tests of known, unfixed bugs")
 
 const goldenPath = "testdata/golden.rec"
 
@@ -774,12 +773,9 @@ func TestAddTooLarge(t *testing.T) {
 // the messages; this test allows an index of up to 4 bytes per message (so about
 // 2 × MaxRawSize in all, which the doc should then say), not more.
 //
-// Known bug, skipped unless -knownbugs is given: Decode's offset index is an []int grown
-// by append, so this record makes it allocate about 800 MiB (12.5 × MaxRawSize).
+// Regression test: Decode's offset index was an []int grown by append, so this record
+// made it allocate about 800 MiB (12.5 × MaxRawSize).
 func TestDecodeMemoryBound(t *testing.T) {
-	if !*knownBugs {
-		t.Skip("known bug in Decode's offset index; run with -knownbugs")
-	}
 	skipHuge(t)
 	count := MaxRawSize / lenSize
 	rec := handRecord(uint32(count), MaxRawSize, 0, zstdFrame(t, make([]byte, MaxRawSize)))
@@ -803,14 +799,11 @@ func TestDecodeMemoryBound(t *testing.T) {
 	}
 }
 
-// Known bug, skipped unless -knownbugs is given: after refusing a message with
+// Regression test: after refusing a message with
 // ErrTooLarge, Add keeps the oversized buffer the encode func grew (w.raw = raw[:mark]),
 // so one refused 100 MiB message pins 100 MiB in the Writer until it is dropped; Reset
 // keeps it too.
 func TestAddTooLargeKeepsNoBuffer(t *testing.T) {
-	if !*knownBugs {
-		t.Skip("known bug in Add's ErrTooLarge path; run with -knownbugs")
-	}
 	skipHuge(t)
 	w := NewWriter(1024)
 	defer w.Close()
@@ -824,14 +817,11 @@ func TestAddTooLargeKeepsNoBuffer(t *testing.T) {
 	}
 }
 
-// Known bug, skipped unless -knownbugs is given: the package doc says the payload is one
+// Regression test: the package doc says the payload is one
 // zstd frame with zstd's content checksum, and that a record that is not exactly this is
 // corrupt; Decode accepts (behind a valid CRC) several frames, skippable frames, and a
 // frame without checksum, because DecodeAll does.
 func TestPayloadIsOneFrame(t *testing.T) {
-	if !*knownBugs {
-		t.Skip("known bug: Decode accepts payloads that are not one checksummed zstd frame; run with -knownbugs")
-	}
 	skippable := []byte{0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 'x', 'y', 'z'}
 	noCRC, err := zstd.NewWriter(nil, zstd.WithEncoderCRC(false))
 	if err != nil {
