@@ -1,10 +1,12 @@
 package pelichan
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pelichan/pelichan/segment"
@@ -89,6 +91,7 @@ type encoded struct {
 // segment.Writer (and so one zstd encoder).
 func (c *Chan[T]) compress() {
 	w := segment.NewWriter(c.opts.batchBytes)
+	w.SetMaxMessage(c.opts.maxMessage)
 	defer w.Close()
 	reply := make(chan error, 1)
 	emit := func(last bool) {
@@ -145,6 +148,8 @@ type diskState[T any] struct {
 	ckptSeg  uint64       // segment of the last checkpoint
 	moved    bool         // acknowledged since the last checkpoint
 	retry    *encoded     // a record whose write failed, to be tried again
+	blocked  bool         // the last write failed; reported once until one succeeds
+	closing  bool         // in finish
 	retryIn  time.Duration
 	srcDone  bool
 	refilled bool // refillCh is closed
@@ -201,7 +206,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 			}
 		case <-retry.C:
 			if err := c.store(d, *d.retry); err != nil {
-				d.retryIn = min(2*d.retryIn, time.Second)
+				d.retryIn = min(2*d.retryIn, 100*time.Millisecond)
 				retry.Reset(d.retryIn)
 				continue
 			}
@@ -216,6 +221,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 			c.sync(d)
 		case <-ckpt.C:
 			c.checkpoint(d)
+			c.expire(d)
 		case req := <-c.finishCh:
 			req.reply <- c.finish(d, req, recC)
 			return
@@ -228,10 +234,23 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 // record is retried.
 func (c *Chan[T]) store(d *diskState[T], e encoded) error {
 	if e.rec != nil {
-		if err := d.sp.Append(e.rec); err != nil {
-			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w (will retry)", err))
+		err := c.append(d, e.rec)
+		if errors.Is(err, ErrFull) && c.opts.whenFull == DropNewest {
+			c.disk.update(func(s *diskStats) { s.s.Dropped += int64(e.n); s.dropSrc += int64(e.n) })
+			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %d messages dropped (drop-newest): %w", e.n, err))
+			e.reply <- nil
+			err, e.rec = nil, nil
+		}
+		if err != nil {
+			if !d.blocked {
+				c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w (blocking; will retry)", err))
+			}
+			d.blocked = true
 			return err
 		}
+		d.blocked = false
+	}
+	if e.rec != nil {
 		d.dirty = true
 		if c.opts.sync.always {
 			c.sync(d)
@@ -329,6 +348,7 @@ func (c *Chan[T]) checkpoint(d *diskState[T]) {
 // leftovers and closed writeCh), applies the loop's exact cursor and closes the spool.
 func (c *Chan[T]) finish(d *diskState[T], req finishReq[T], recC <-chan encoded) error {
 	var errs []error
+	d.closing = true
 	for {
 		select {
 		case b := <-c.doneCh:
@@ -379,4 +399,55 @@ func (d *diskStats) undeliveredNow() int64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.undelivered
+}
+
+// append writes one record within the disk cap. At the cap, or on a full disk, the
+// drop-oldest policy deletes old segments and tries again; otherwise the error wraps
+// ErrFull and the caller applies the policy.
+func (c *Chan[T]) append(d *diskState[T], rec []byte) error {
+	for {
+		var err error
+		// At Close, Block lets the cap be exceeded rather than lose what was in memory.
+		if c.opts.maxDisk > 0 && !(d.closing && c.opts.whenFull == Block) {
+			if used := d.sp.Stats().DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {
+				err = fmt.Errorf("%w: %d bytes on disk, the cap is %d", ErrFull, used, c.opts.maxDisk)
+			}
+		}
+		if err == nil {
+			err = d.sp.Append(rec)
+			if isNoSpace(err) {
+				err = fmt.Errorf("%w: %w", ErrFull, err)
+			}
+		}
+		if !errors.Is(err, ErrFull) || c.opts.whenFull != DropOldest {
+			return err
+		}
+		n, ok, derr := d.sp.DropOldest()
+		if !ok {
+			return err // nothing may be dropped: block until the reader frees space
+		}
+		c.disk.update(func(s *diskStats) { s.s.Dropped += n })
+		c.disk.report(c.opts.errorHandler, errors.Join(
+			fmt.Errorf("pelichan: oldest segment dropped with %d messages (drop-oldest): %w", n, err), derr))
+	}
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG)
+}
+
+// expire applies WithMaxAge.
+func (c *Chan[T]) expire(d *diskState[T]) {
+	if c.opts.maxAge <= 0 {
+		return
+	}
+	n, err := d.sp.DropOlderThan(time.Now().Add(-c.opts.maxAge).UnixNano())
+	if n > 0 {
+		c.disk.update(func(s *diskStats) { s.s.Dropped += n })
+		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %d messages older than %v dropped", n, c.opts.maxAge))
+	}
+	if err != nil {
+		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
+	}
+	c.disk.publish(d.sp, d.sp.Stats().Undelivered)
 }

@@ -24,6 +24,9 @@ var (
 	ErrTooLarge = segment.ErrTooLarge
 	// ErrCodec: the codec could not encode or decode a message.
 	ErrCodec = errors.New("pelichan: codec")
+	// ErrFull: the spool reached WithMaxDiskBytes, or the disk is full. Reported with what
+	// the policy did (blocked, dropped the newest batch, dropped the oldest segment).
+	ErrFull = errors.New("pelichan: spool full")
 )
 
 // CorruptionError says where damaged data was found; it wraps ErrCorrupt.

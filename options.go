@@ -1,6 +1,7 @@
 package pelichan
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/pelichan/pelichan/spool"
@@ -52,6 +53,35 @@ type options struct {
 	sync         SyncPolicy
 	checkpoint   time.Duration
 	errorHandler func(error)
+	maxDisk      int64
+	whenFull     FullPolicy
+	maxMessage   int
+	maxAge       time.Duration
+}
+
+// FullPolicy says what happens when the spool reaches WithMaxDiskBytes or the disk is full.
+type FullPolicy int
+
+const (
+	// Block stops reading src until space frees: backpressure to the producer.
+	Block FullPolicy = iota
+	// DropNewest drops the overflow that does not fit, counting it in Stats.Dropped.
+	DropNewest
+	// DropOldest deletes the oldest whole segment(s) not yet being read to make room,
+	// counting their messages in Stats.Dropped.
+	DropOldest
+)
+
+func (p FullPolicy) String() string {
+	switch p {
+	case Block:
+		return "block"
+	case DropNewest:
+		return "drop-newest"
+	case DropOldest:
+		return "drop-oldest"
+	}
+	return fmt.Sprintf("FullPolicy(%d)", int(p))
 }
 
 // defaults holds every default in one place.
@@ -120,6 +150,45 @@ func WithErrorHandler(f func(error)) Option {
 	return func(o *options) {
 		if f != nil {
 			o.errorHandler = f
+		}
+	}
+}
+
+// WithMaxDiskBytes caps the spool's segment files at n bytes (0: no cap). The spool never
+// grows past n by more than one batch; what happens at the cap is WithWhenFull's policy. A
+// full disk (ENOSPC) is treated the same way. Give room for at least three segments
+// (WithSegmentSize): the segment being read and the one being written are never dropped.
+// Under Block, Close stores what it holds in memory even past the cap, rather than lose it.
+func WithMaxDiskBytes(n int64) Option {
+	return func(o *options) {
+		if n >= 0 {
+			o.maxDisk = n
+		}
+	}
+}
+
+// WithWhenFull sets the policy at the disk cap or on a full disk (default Block).
+func WithWhenFull(p FullPolicy) Option {
+	return func(o *options) { o.whenFull = p }
+}
+
+// WithMaxMessageBytes refuses messages whose encoding is longer than n bytes: they go to
+// the error handler as ErrTooLarge and are counted in Stats.Dropped, never written.
+func WithMaxMessageBytes(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.maxMessage = n
+		}
+	}
+}
+
+// WithMaxAge drops whole stored segments whose newest message is older than d (checked
+// every second), counting them in Stats.Dropped: for those who would rather lose week-old
+// logs than today's. 0 keeps everything.
+func WithMaxAge(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.maxAge = d
 		}
 	}
 }

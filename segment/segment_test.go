@@ -23,7 +23,6 @@ import (
 // (the package must come before -update, or go test passes it to the test binary).
 var update = flag.Bool("update", false, "rewrite testdata/golden.rec from the golden batch")
 
-
 const goldenPath = "testdata/golden.rec"
 
 // The golden batch: fixed messages and time stamp. Changing them changes the golden file.

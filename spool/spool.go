@@ -772,3 +772,55 @@ func (s *Spool) Close() error {
 	errs = append(errs, s.lock.Close())
 	return errors.Join(errs...)
 }
+
+// DropOldest deletes the oldest sealed segment that the reader has not started, and
+// returns how many undelivered messages went with it (0, false if there is none). It is
+// how a full spool makes room under a drop-oldest policy.
+func (s *Spool) DropOldest() (int64, bool, error) {
+	for _, sg := range s.segs {
+		if s.droppable(sg) {
+			n, err := s.drop(sg)
+			return n, true, err
+		}
+	}
+	return 0, false, nil
+}
+
+// DropOlderThan deletes the sealed segments, not yet being read, whose newest record is
+// older than t (unix nanos), and returns how many undelivered messages went with them.
+func (s *Spool) DropOlderThan(t int64) (int64, error) {
+	var total int64
+	for _, sg := range slices.Clone(s.segs) {
+		if s.droppable(sg) && sg.meta.messages > 0 && sg.meta.last < t {
+			n, err := s.drop(sg)
+			total += n
+			if err != nil {
+				return total, err
+			}
+		}
+	}
+	return total, nil
+}
+
+// droppable: sealed, not the segment being read (its records may be in flight), and
+// none of its records read and not yet acknowledged.
+func (s *Spool) droppable(sg *seg) bool {
+	if !sg.sealed || sg == s.rseg {
+		return false
+	}
+	for _, r := range s.unack {
+		if r.sg == sg {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Spool) drop(sg *seg) (int64, error) {
+	n := int64(sg.meta.messages - sg.delivered)
+	s.dropSeg(sg)
+	if err := os.RemoveAll(s.path(sg.name())); err != nil {
+		return n, fmt.Errorf("spool: drop segment %s: %w", sg.name(), err)
+	}
+	return n, nil
+}
