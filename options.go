@@ -172,8 +172,10 @@ func WithWhenFull(p FullPolicy) Option {
 	return func(o *options) { o.whenFull = p }
 }
 
-// WithMaxMessageBytes refuses messages whose encoding is longer than n bytes: they go to
-// the error handler as ErrTooLarge and are counted in Stats.Dropped, never written.
+// WithMaxMessageBytes refuses to spill messages whose encoding is longer than n bytes:
+// they go to the error handler as ErrTooLarge and are counted in Stats.Dropped, never
+// written. It guards the disk: a message that passes straight to a waiting consumer is not
+// encoded and not checked.
 func WithMaxMessageBytes(n int) Option {
 	return func(o *options) {
 		if n > 0 {

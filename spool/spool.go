@@ -136,6 +136,14 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
+	// Refuse a foreign directory before creating anything in it (LOCK included).
+	names, err := readDirNames(dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	if err := checkFormat(dir, names, false, false); err != nil {
+		return nil, err
+	}
 	lock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
@@ -162,7 +170,7 @@ func (s *Spool) load() error {
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
-	if err := checkFormat(s.dir, names, !s.opts.NoSync); err != nil {
+	if err := checkFormat(s.dir, names, true, !s.opts.NoSync); err != nil {
 		return err
 	}
 	for _, name := range names {
@@ -216,8 +224,9 @@ func (s *Spool) load() error {
 	return s.countBacklog()
 }
 
-// checkFormat makes sure dir is a spool of this version, writing FORMAT into a new one.
-func checkFormat(dir string, names []string, sync bool) error {
+// checkFormat makes sure dir is a spool of this version, writing FORMAT into a new one
+// when create is set.
+func checkFormat(dir string, names []string, create, sync bool) error {
 	b, err := os.ReadFile(filepath.Join(dir, formatName))
 	if err == nil {
 		if string(b) != formatLine {
@@ -229,9 +238,12 @@ func checkFormat(dir string, names []string, sync bool) error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	for _, n := range names {
-		if n != lockName {
+		if n != lockName && n != formatName+".tmp" { // leftovers of an interrupted creation
 			return fmt.Errorf("%w: %s has no %s file but is not empty (found %q)", ErrVersion, dir, formatName, n)
 		}
+	}
+	if !create {
+		return nil
 	}
 	if err := writeFileAtomic(filepath.Join(dir, formatName), []byte(formatLine), sync); err != nil {
 		return fmt.Errorf("spool: %w", err)
@@ -278,13 +290,14 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 		return err
 	}
 	sg.size = fi.Size()
-	if !newest {
-		if b, err := os.ReadFile(s.path(sg.name(), metaName)); err == nil {
-			if m, ok := decodeMeta(b); ok {
-				sg.meta = m
-				return nil
-			}
-		}
+	var sealed segMeta
+	haveMeta := false
+	if b, err := os.ReadFile(s.path(sg.name(), metaName)); err == nil {
+		sealed, haveMeta = decodeMeta(b)
+	}
+	if haveMeta && !newest {
+		sg.meta = sealed
+		return nil
 	}
 	buf, err := os.ReadFile(file)
 	if err != nil {
@@ -310,6 +323,13 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 		for _, d := range bad {
 			s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
 		}
+	}
+	if haveMeta && sg.meta.records < sealed.records {
+		// Sealed segments were fsynced before their meta was written: no crash takes
+		// whole records off them.
+		sg.damaged = true
+		s.report(&CorruptionError{Segment: sg.name(), Index: sg.meta.records + 1, Offset: sg.size,
+			Err: fmt.Errorf("%w: %d of the %d entries recorded at sealing are missing", ErrCorrupt, sealed.records-sg.meta.records, sealed.records)})
 	}
 	return nil
 }
@@ -366,10 +386,22 @@ func (s *Spool) pruneBroken() {
 	}
 }
 
+// badPath returns where a damaged segment's evidence goes: NAME.bad, or NAME.N.bad when
+// that is taken (segment numbers start over when an empty spool loses its cursor).
+func (s *Spool) badPath(sg *seg) string {
+	p := s.path(sg.name() + ".bad")
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			return p
+		}
+		p = s.path(fmt.Sprintf("%s.%d.bad", sg.name(), i))
+	}
+}
+
 // setAside renames a segment that cannot be read at all to NAME.bad and reports it.
 func (s *Spool) setAside(sg *seg, cause error) {
 	from := s.path(sg.name())
-	to := from + ".bad"
+	to := s.badPath(sg)
 	err := os.Rename(from, to)
 	if err == nil && !s.opts.NoSync {
 		err = syncDir(s.dir)
@@ -460,6 +492,10 @@ func (s *Spool) startSegment() error {
 	}
 	s.wlog, s.active = l, sg
 	s.segs = append(s.segs, sg)
+	if s.rseg == nil {
+		// The reader has read every older segment: this one is where it goes on.
+		s.rseg, s.rnext, s.rskip = sg, 1, 0
+	}
 	return nil
 }
 
@@ -559,6 +595,7 @@ func (s *Spool) Next() (Record, error) {
 				s.nextSeg(sg.seq)
 				continue
 			}
+			skip = s.rskip // loadReader may move the start back
 		}
 		for s.rpos < len(s.rents) {
 			e := s.rents[s.rpos]
@@ -584,6 +621,21 @@ func (s *Spool) loadReader(sg *seg) error {
 		return err
 	}
 	ents, bad, _ := scanFile(buf)
+	if found := uint64(len(ents) + len(bad)); found < sg.meta.records {
+		// Whole entries are missing (a truncated or emptied file): no scan can see that,
+		// only the count the segment was sealed with.
+		sg.damaged = true
+		s.report(&CorruptionError{Segment: sg.name(), Index: found + 1, Offset: int64(len(buf)),
+			Err: fmt.Errorf("%w: %d of the %d entries recorded at sealing are missing", ErrCorrupt, sg.meta.records-found, sg.meta.records)})
+		// A damaged stretch that swallowed k entries shifts the indexes after it down by up
+		// to k: resume early enough that no record behind the cursor is skipped
+		// (duplicates, never loss).
+		if k := sg.meta.records - found; len(bad) > 0 && bad[0].index < s.rnext {
+			if r := max(bad[0].index+1, s.rnext-min(k, s.rnext)); r < s.rnext {
+				s.rnext, s.rskip = r, 0
+			}
+		}
+	}
 	for _, d := range bad {
 		if d.index < s.rnext {
 			continue // reported before the position we resumed at
@@ -666,7 +718,7 @@ func (s *Spool) collect() error {
 		}
 		var err error
 		if sg.damaged {
-			err = os.Rename(s.path(sg.name()), s.path(sg.name()+".bad"))
+			err = os.Rename(s.path(sg.name()), s.badPath(sg))
 			s.st.SetAside++
 		} else {
 			err = os.RemoveAll(s.path(sg.name()))
