@@ -65,13 +65,20 @@ type refill[T any] struct {
 // compressors (recCh is closed when they are done) and close the spool.
 type finishReq[T any] struct {
 	cursor *spool.Cursor // exact position of the refill batch being handed out, if any
+	front  []T           // ordered mode: messages taken back from Out, older than the backlog
 	reply  chan error
 }
 
-const (
-	batchPool   = 4 // pending batch slices in circulation
-	compressors = 2 // goroutines encoding and compressing batches: zstd is the costliest step
-)
+const batchPool = 4 // pending batch slices in circulation
+
+// compressors is how many goroutines encode and compress batches (zstd is the costliest
+// step): two, or one in ordered mode, where records must reach the disk in order.
+func (c *Chan[T]) compressors() int {
+	if c.opts.ordered {
+		return 1
+	}
+	return 2
+}
 
 // New opens (or creates) the spool in dir and starts moving messages from src to Out.
 // A backlog left in dir by an earlier Chan is delivered too. dir is locked until Close:
@@ -117,7 +124,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 	wg.Add(3)
 	go func() { defer wg.Done(); c.runDisk(sp) }()
 	go func() { defer wg.Done(); c.loop() }()
-	for range compressors {
+	for range c.compressors() {
 		cwg.Add(1)
 		go func() { defer cwg.Done(); c.compress() }()
 	}
@@ -183,15 +190,25 @@ func (l *loopState[T]) accepting() bool {
 	return !l.srcClosed && l.pending != nil && !l.full()
 }
 
-// take handles a message received from src: straight to Out if it has room, else into the
-// pending batch.
+// queueEmpty reports whether no message is queued ahead of a new one: always in unordered
+// mode; in ordered mode when nothing is pending, in flight to disk, on disk or being
+// handed out from a refill batch.
+func (l *loopState[T]) queueEmpty() bool {
+	return !l.c.opts.ordered ||
+		(l.queued() == 0 && l.cur == nil && l.c.inflight.Load() == 0 && l.c.disk.stored.Load() == 0)
+}
+
+// take handles a message received from src: straight to Out if it has room (and, in
+// ordered mode, nothing is queued ahead of it), else into the pending batch.
 func (l *loopState[T]) take(v T) {
 	l.received++
-	select {
-	case l.c.out <- v:
-		l.direct++
-		return
-	default:
+	if l.queueEmpty() {
+		select {
+		case l.c.out <- v:
+			l.direct++
+			return
+		default:
+		}
 	}
 	if l.queued() == 0 {
 		l.linger.Reset(l.c.opts.linger)
@@ -206,7 +223,7 @@ func (l *loopState[T]) next() (v T, ok bool) {
 	switch {
 	case l.cur != nil:
 		return l.cur.msgs[l.ci], true
-	case l.queued() > 0:
+	case l.queued() > 0 && (!l.c.opts.ordered || (l.c.inflight.Load() == 0 && l.c.disk.stored.Load() == 0)):
 		return l.pending[l.ph], true
 	}
 	return v, false
@@ -361,7 +378,11 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 				break drain
 			}
 		}
-		for _, b := range [][]T{drained, l.pending[min(l.ph, len(l.pending)):]} {
+		tail := [][]T{drained, l.pending[min(l.ph, len(l.pending)):]}
+		if c.opts.ordered {
+			req.front, tail = drained, tail[1:] // older than the backlog: in front of it
+		}
+		for _, b := range tail {
 			if len(b) > 0 {
 				c.writeCh <- b // the compressors keep taking batches until writeCh is closed
 				c.inflight.Add(1)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,6 +23,8 @@ type diskStats struct {
 	ackedHanded int64 // messages of acknowledged refill batches that were handed out
 	spilledSrc  int64 // messages written that came from src this session (before Close)
 	dropSrc     int64 // messages from src refused (codec, too large)
+	// stored mirrors undelivered for the loop's lock-free "is anything queued on disk?"
+	stored atomic.Int64
 }
 
 func (d *diskStats) publish(sp *spool.Spool, undelivered int64) {
@@ -41,6 +44,7 @@ func (d *diskStats) publish(sp *spool.Spool, undelivered int64) {
 	}
 	if undelivered >= 0 {
 		d.undelivered = undelivered
+		d.stored.Store(undelivered)
 	}
 	d.mu.Unlock()
 }
@@ -388,6 +392,11 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T], recC <-chan encoded)
 			errs = append(errs, err)
 		}
 	}
+	if len(req.front) > 0 {
+		if err := c.storeFront(d, req.front); err != nil {
+			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", len(req.front), err))
+		}
+	}
 	if err := d.sp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
 	}
@@ -450,4 +459,35 @@ func (c *Chan[T]) expire(d *diskState[T]) {
 		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
 	}
 	c.disk.publish(d.sp, d.sp.Stats().Undelivered)
+}
+
+// storeFront encodes the messages taken back from Out (ordered mode) and puts them in front
+// of the backlog.
+func (c *Chan[T]) storeFront(d *diskState[T], msgs []T) error {
+	w := segment.NewWriter(c.opts.batchBytes)
+	defer w.Close()
+	w.SetTime(time.Now().UnixNano())
+	var recs [][]byte
+	for _, v := range msgs {
+		encode := func(dst []byte) ([]byte, error) { return c.codec.Encode(dst, v) }
+		_, err := w.Add(encode)
+		if errors.Is(err, segment.ErrTooLarge) && w.Len() > 0 {
+			recs = append(recs, append([]byte(nil), w.Record()...))
+			w.Reset()
+			_, err = w.Add(encode)
+		}
+		if err != nil {
+			c.disk.update(func(s *diskStats) { s.s.Dropped++ })
+			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: message refused: %w", err))
+		}
+	}
+	n := w.Len()
+	if n > 0 {
+		recs = append(recs, w.Record())
+	}
+	if err := d.sp.Front(recs); err != nil {
+		return err
+	}
+	c.disk.update(func(s *diskStats) { s.s.Spilled += int64(len(msgs)) })
+	return nil
 }

@@ -57,6 +57,7 @@ type options struct {
 	whenFull     FullPolicy
 	maxMessage   int
 	maxAge       time.Duration
+	ordered      bool
 }
 
 // FullPolicy says what happens when the spool reaches WithMaxDiskBytes or the disk is full.
@@ -193,4 +194,13 @@ func WithMaxAge(d time.Duration) Option {
 			o.maxAge = d
 		}
 	}
+}
+
+// WithOrdered makes Out yield messages in src order across spill, refill and graceful
+// restarts: once anything is on disk, new messages go behind it, and at Close the messages
+// taken back from Out are stored in front of the backlog. It costs throughput: one
+// compressor instead of two, no direct pass while a backlog exists, and a copy of up to
+// one segment at Close.
+func WithOrdered() Option {
+	return func(o *options) { o.ordered = true }
 }

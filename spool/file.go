@@ -50,12 +50,15 @@ func decodeCursor(b []byte) (Cursor, error) {
 }
 
 // meta file of a sealed segment: "pmet" | version 1 | 3 zero | records u64 | messages u64 |
-// raw bytes u64 | first time i64 | last time i64 | crc32c of bytes 0..48
-const metaSize = 52
+// raw bytes u64 | first time i64 | last time i64 | replaces u64 | crc32c of bytes 0..56
+const metaSize = 60
 
 type segMeta struct {
 	records, messages, raw uint64
 	first, last            int64
+	// replaces is, for a front segment (see Spool.Front), the segment whose undelivered
+	// rest it holds: if that one still exists at open, it is deleted.
+	replaces uint64
 }
 
 func encodeMeta(m segMeta) []byte {
@@ -67,13 +70,14 @@ func encodeMeta(m segMeta) []byte {
 	binary.LittleEndian.PutUint64(b[24:], m.raw)
 	binary.LittleEndian.PutUint64(b[32:], uint64(m.first))
 	binary.LittleEndian.PutUint64(b[40:], uint64(m.last))
-	binary.LittleEndian.PutUint32(b[48:], crc32.Checksum(b[:48], castagnoli))
+	binary.LittleEndian.PutUint64(b[48:], m.replaces)
+	binary.LittleEndian.PutUint32(b[56:], crc32.Checksum(b[:56], castagnoli))
 	return b
 }
 
 func decodeMeta(b []byte) (segMeta, bool) {
 	if len(b) != metaSize || string(b[:4]) != "pmet" || b[4] != 1 ||
-		crc32.Checksum(b[:48], castagnoli) != binary.LittleEndian.Uint32(b[48:]) {
+		crc32.Checksum(b[:56], castagnoli) != binary.LittleEndian.Uint32(b[56:]) {
 		return segMeta{}, false
 	}
 	return segMeta{
@@ -82,6 +86,7 @@ func decodeMeta(b []byte) (segMeta, bool) {
 		raw:      binary.LittleEndian.Uint64(b[24:]),
 		first:    int64(binary.LittleEndian.Uint64(b[32:])),
 		last:     int64(binary.LittleEndian.Uint64(b[40:])),
+		replaces: binary.LittleEndian.Uint64(b[48:]),
 	}, true
 }
 

@@ -67,6 +67,7 @@ type seg struct {
 	damaged bool // damage was found: set aside as .bad, not deleted, when consumed
 	// delivered counts this segment's messages acknowledged so far (from its meta count).
 	delivered uint64
+	readDone  bool // the reader read the whole (sealed) segment
 }
 
 // readRec is a record returned by Next and not yet acknowledged.
@@ -220,8 +221,29 @@ func (s *Spool) load() error {
 	if err := s.collect(); err != nil {
 		return err
 	}
+	if err := s.finishFront(); err != nil {
+		return err
+	}
 	s.resetReader()
 	return s.countBacklog()
+}
+
+// finishFront completes a Front interrupted after the cursor moved to the front segment:
+// the segment it replaces is deleted, so its rest is not delivered twice.
+func (s *Spool) finishFront() error {
+	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg || s.segs[0].meta.replaces == 0 {
+		return nil
+	}
+	old := s.segs[0].meta.replaces
+	for _, sg := range s.segs[1:] {
+		if sg.seq == old {
+			s.dropSeg(sg)
+			if err := os.RemoveAll(s.path(sg.name())); err != nil {
+				return fmt.Errorf("spool: remove segment %s replaced by %s: %w", sg.name(), s.segs[0].name(), err)
+			}
+		}
+	}
+	return nil
 }
 
 // checkFormat makes sure dir is a spool of this version, writing FORMAT into a new one
@@ -324,6 +346,7 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 			s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
 		}
 	}
+	sg.meta.replaces = sealed.replaces
 	if haveMeta && sg.meta.records < sealed.records {
 		// Sealed segments were fsynced before their meta was written: no crash takes
 		// whole records off them.
@@ -477,6 +500,12 @@ func (s *Spool) startSegment() error {
 	if s.acked.Seg >= seq {
 		seq = s.acked.Seg + 1
 	}
+	for _, sg := range s.segs {
+		// Never reuse the number of a segment a front segment replaced: Open would delete it.
+		if sg.meta.replaces >= seq {
+			seq = sg.meta.replaces + 1
+		}
+	}
 	sg := &seg{seq: seq}
 	l, err := wal.Open(s.path(sg.name()), s.walOptions())
 	if err != nil {
@@ -609,7 +638,11 @@ func (s *Spool) Next() (Record, error) {
 			s.st.BytesRead += int64(len(e.data))
 			return Record{Pos: Cursor{Seg: sg.seq, Index: e.index, Offset: skip}, Data: e.data, Header: e.hdr}, nil
 		}
+		sg.readDone = true
 		s.nextSeg(sg.seq)
+		if err := s.collect(); err != nil { // a segment whose last entries were damaged
+			return Record{}, err
+		}
 	}
 	return Record{}, io.EOF
 }
@@ -708,7 +741,7 @@ func (s *Spool) collect() error {
 	for len(s.segs) > 0 {
 		sg := s.segs[0]
 		done := sg.seq < s.acked.Seg ||
-			(sg.seq == s.acked.Seg && sg.sealed && s.acked.Index > sg.meta.records)
+			(sg.seq == s.acked.Seg && sg.sealed && (s.acked.Index > sg.meta.records || s.readPast(sg)))
 		if !done || !sg.sealed {
 			return nil
 		}
@@ -734,6 +767,20 @@ func (s *Spool) collect() error {
 		}
 	}
 	return nil
+}
+
+// readPast reports whether the reader has finished sg and every record it read from sg
+// is acknowledged: damaged entries at its end, never delivered, do not keep it alive.
+func (s *Spool) readPast(sg *seg) bool {
+	if !sg.readDone {
+		return false
+	}
+	for _, r := range s.unack {
+		if r.sg == sg {
+			return false
+		}
+	}
+	return true
 }
 
 // Checkpoint persists the acknowledged cursor (atomically; fsynced unless NoSync).
@@ -875,4 +922,134 @@ func (s *Spool) drop(sg *seg) (int64, error) {
 		return n, fmt.Errorf("spool: drop segment %s: %w", sg.name(), err)
 	}
 	return n, nil
+}
+
+// Front puts recs in front of everything stored, for shutdown in ordered mode: they are
+// older than every undelivered message. It writes a new segment, numbered below all
+// others, holding recs followed by the undelivered rest of the cursor's segment (raw copies
+// of its records; a partly delivered record is re-encoded from the cursor's offset), moves
+// the cursor there and deletes the old segment. Cost: one copy of at most a segment, once
+// per shutdown. Crash safety: the new segment's meta names the segment it replaces, which
+// Open deletes if the cursor had moved; before the cursor moves, the new segment lies
+// behind it and Open discards it (recs were in memory only). Call Close next.
+func (s *Spool) Front(recs [][]byte) error {
+	if s.closed {
+		return ErrClosed
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	if s.active != nil {
+		if err := s.seal(); err != nil {
+			return err
+		}
+	}
+	var old *seg
+	if len(s.segs) > 0 && s.segs[0].seq == s.acked.Seg {
+		old = s.segs[0]
+	}
+	base := s.acked.Seg
+	if len(s.segs) > 0 && (base == 0 || s.segs[0].seq < base) {
+		base = s.segs[0].seq
+	}
+	if base == 0 {
+		base = firstSeq
+	}
+	if base <= 1 {
+		return fmt.Errorf("spool: front: no segment number left in front")
+	}
+	sg := &seg{seq: base - 1, sealed: true}
+	if old != nil {
+		rest, err := s.restOf(old)
+		if err != nil {
+			return err
+		}
+		recs = append(recs, rest...)
+		sg.meta.replaces = old.seq
+	}
+	if err := s.writeSealed(sg, recs); err != nil {
+		return err
+	}
+	s.segs = append([]*seg{sg}, s.segs...)
+	s.st.DiskBytes += sg.size
+	s.st.Undelivered += int64(sg.meta.messages)
+	s.acked = Cursor{Seg: sg.seq, Index: 1}
+	if err := s.Checkpoint(); err != nil {
+		return err
+	}
+	if old != nil {
+		s.dropSeg(old) // its undelivered rest is counted in the front segment now
+		if err := os.RemoveAll(s.path(old.name())); err != nil {
+			return fmt.Errorf("spool: front: remove %s: %w", old.name(), err)
+		}
+	}
+	s.resetReader()
+	return nil
+}
+
+// restOf returns the undelivered records of sg, the cursor's segment.
+func (s *Spool) restOf(sg *seg) ([][]byte, error) {
+	buf, err := os.ReadFile(s.path(sg.name(), walFile))
+	if err != nil {
+		return nil, fmt.Errorf("spool: front: %w", err)
+	}
+	ents, _, _ := scanFile(buf)
+	var rest [][]byte
+	for _, e := range ents {
+		switch {
+		case e.index > s.acked.Index || (e.index == s.acked.Index && s.acked.Offset == 0):
+			rest = append(rest, e.data)
+		case e.index == s.acked.Index && int(s.acked.Offset) < e.hdr.Count:
+			r := segment.NewReader()
+			b, err := r.Decode(e.data)
+			if err != nil {
+				r.Close()
+				continue // reported when it was read
+			}
+			w := segment.NewWriter(e.hdr.RawLen)
+			w.SetTime(e.hdr.Time)
+			for i := int(s.acked.Offset); i < b.Count; i++ {
+				w.AddBytes(b.Message(i))
+			}
+			rest = append(rest, append([]byte(nil), w.Record()...))
+			w.Close()
+			r.Close()
+		}
+	}
+	return rest, nil
+}
+
+// writeSealed writes recs as the complete, sealed segment sg.
+func (s *Spool) writeSealed(sg *seg, recs [][]byte) error {
+	l, err := wal.Open(s.path(sg.name()), s.walOptions())
+	if err != nil {
+		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+	}
+	for i, rec := range recs {
+		h, err := segment.ParseHeader(rec)
+		if err == nil {
+			err = l.Write(uint64(i+1), rec)
+		}
+		if err != nil {
+			l.Close()
+			os.RemoveAll(s.path(sg.name()))
+			return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+		}
+		sg.meta.add(h)
+		sg.size += int64(uvarintLen(uint64(len(rec))) + len(rec))
+	}
+	if err := l.Close(); err != nil {
+		os.RemoveAll(s.path(sg.name()))
+		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+	}
+	if err := writeFileAtomic(s.path(sg.name(), metaName), encodeMeta(sg.meta), !s.opts.NoSync); err != nil {
+		os.RemoveAll(s.path(sg.name()))
+		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+	}
+	if !s.opts.NoSync {
+		if err := syncDir(s.dir); err != nil {
+			return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+		}
+	}
+	return nil
 }
