@@ -1,0 +1,79 @@
+// Package spool keeps pelichan's records on disk: one writer appends records at the tail,
+// one reader reads them from a persistent cursor on, and whole consumed segments are
+// deleted. A Spool is owned by one goroutine.
+//
+// # Layout
+//
+//	DIR/FORMAT                      "pelichan-spool 1\n": a spool of another version is refused (ErrVersion)
+//	DIR/LOCK                        flock'd by the opener (ErrLocked for a second one, in any process)
+//	DIR/cursor                      the read position, 32 bytes with a CRC-32C (see Cursor)
+//	DIR/<20-digit seq>/             one segment: a tidwall/wal log directory holding
+//	    00000000000000000001        the log's only file: entries framed as uvarint length + record
+//	    meta                        counts and times, written when the segment is sealed
+//	DIR/<seq>.bad, <seq>.N.bad      a segment set aside as evidence of damage (never deleted by us)
+//	DIR/<seq>.<nanos>.broken        bytes cut from a torn tail (the newest 8 kept, 1 MiB each)
+//
+// Records are segment package records. The cursor names a segment, an entry index in it and
+// how many messages of that entry were already delivered.
+//
+// # Segments and deletion
+//
+// Each segment is its own wal.Log, sealed (closed and fsynced) when its file reaches
+// Options.SegmentSize; the next Append starts a new one numbered one higher. A consumed
+// segment is deleted whole with one RemoveAll. We measured the alternative, one wal.Log for
+// the spool and TruncateFront(firstIndexOfNextSegment-1): it rewrites one entry per
+// deletion, but couples the reader to the writer's log, makes a failed write poison both,
+// and leaves no room to put a segment in front of the backlog (see Front). One log per
+// segment costs a directory per segment and nothing else; no segment is ever rewritten.
+//
+// Memory: tidwall/wal keeps the segment being written in memory, and a sealed segment is
+// read whole into memory when the reader reaches it, so about two to three times
+// SegmentSize (4 MiB by default), whatever the backlog.
+//
+// # Reading
+//
+// The segment being written is read through its wal.Log. A sealed segment is read with
+// this package's own scanner over tidwall/wal's binary framing: tidwall/wal refuses a whole
+// log for one bad byte, while the scanner checks each record's header and CRC, skips what
+// is damaged (reported as *CorruptionError with segment, entry and byte offset, wrapping
+// ErrCorrupt), and resynchronises at the next offset where a valid framed record starts, so
+// damage costs only the records it touches. A segment with damage is renamed NAME.bad once
+// consumed instead of being deleted.
+//
+// # Recovery at Open
+//
+// Before anything is read or written:
+//   - leftovers of interrupted atomic writes (*.tmp) are removed;
+//   - each segment's counts come from its meta file; a segment without a valid one (the
+//     newest after a crash) is scanned, and if the scan finds fewer entries than its meta
+//     recorded, the shortfall is reported (a sealed segment was fsynced before its meta
+//     was written, so no crash removes whole entries from it);
+//   - the newest segment's torn or garbage tail (a crash mid-write; zero bytes appended by
+//     a filesystem count as garbage, since they parse as empty tidwall entries) is cut back
+//     to the last whole valid record, and the cut bytes are kept as DIR/<seq>.<nanos>.broken;
+//   - a segment that cannot be read at all is renamed NAME.bad and reported;
+//   - a missing or damaged cursor means reading from the first segment (duplicates, never
+//     loss); a cursor past the last segment is reported and treated the same way; a cursor
+//     into a deleted segment means the start of the next one;
+//   - segments wholly before the cursor (whose deletion had not reached the disk) are
+//     deleted, and an interrupted Front is completed.
+//
+// New records always go to a new segment: the newest one found at Open is never appended
+// to again.
+//
+// # Durability
+//
+// With NoSync false, Sync fsyncs the segment being written; sealing fsyncs the segment
+// (tidwall/wal's Close always does, even with NoSync) and writes its meta atomically;
+// creating or deleting a segment and replacing the cursor (temp file, fsync, rename,
+// fsync of the directory) are durable before they are relied on. A failed write closes the
+// segment's wal.Log for good (its in-memory index would be wrong), cuts the file back to
+// its last whole record and seals it; the next Append starts a new segment.
+//
+// # Front segments
+//
+// Front, used at shutdown in ordered mode, writes a segment numbered below all others
+// holding the given records and the undelivered rest of the cursor's segment, moves the
+// cursor there and deletes the old segment; its meta names the segment it replaces, so a
+// crash between the cursor move and the deletion cannot deliver that rest twice.
+package spool
