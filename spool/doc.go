@@ -20,11 +20,15 @@
 //
 // Each segment is its own wal.Log, sealed (closed and fsynced) when its file reaches
 // Options.SegmentSize; the next Append starts a new one numbered one higher. A consumed
-// segment is deleted whole with one RemoveAll. We measured the alternative, one wal.Log for
-// the spool and TruncateFront(firstIndexOfNextSegment-1): it rewrites one entry per
-// deletion, but couples the reader to the writer's log, makes a failed write poison both,
-// and leaves no room to put a segment in front of the backlog (see Front). One log per
-// segment costs a directory per segment and nothing else; no segment is ever rewritten.
+// segment is deleted whole with one RemoveAll. The alternative tidwall/wal allows without
+// rewriting a whole segment is one wal.Log for the spool and
+// TruncateFront(firstIndexOfNextSegment-1), which rewrites one entry per deletion.
+// BenchmarkDeleteOneLogPerSegment and BenchmarkDeleteTruncateFront measured, per deleted
+// 4 MiB segment on this project's 2-core machine (median of 3): 2.0 ms and nothing
+// rewritten, against 3.7 ms and one 64 KiB entry rewritten. One log per segment also keeps
+// the reader independent of the writer's log, confines a failed write to one segment, and
+// leaves room to put a segment in front of the backlog (see Front). No segment is ever
+// rewritten.
 //
 // Memory: tidwall/wal keeps the segment being written in memory, and a sealed segment is
 // read whole into memory when the reader reaches it, so about two to three times
