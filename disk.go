@@ -27,9 +27,14 @@ type diskStats struct {
 	stored atomic.Int64
 }
 
-func (d *diskStats) publish(sp *spool.Spool, undelivered int64) {
+// publish copies the spool's figures. also, if given, updates counters in the same
+// critical section, so that no snapshot sees one change without the other.
+func (d *diskStats) publish(sp *spool.Spool, undelivered int64, also ...func(*diskStats)) {
 	ss := sp.Stats()
 	d.mu.Lock()
+	for _, f := range also {
+		f(d)
+	}
 	d.s.Segments = ss.Segments
 	d.s.DiskBytes = ss.DiskBytes
 	d.s.BytesWritten = ss.BytesWritten
@@ -259,11 +264,10 @@ func (c *Chan[T]) store(d *diskState[T], e encoded) error {
 		if c.opts.sync.always {
 			c.sync(d)
 		}
-		c.disk.update(func(s *diskStats) {
+		c.disk.publish(d.sp, d.sp.Stats().Undelivered, func(s *diskStats) {
 			s.s.Spilled += int64(e.n)
 			s.spilledSrc += int64(e.n)
 		})
-		c.disk.publish(d.sp, d.sp.Stats().Undelivered)
 		e.reply <- nil
 	}
 	if e.last {
@@ -329,8 +333,7 @@ func (c *Chan[T]) ack(d *diskState[T], b *refill[T], pos spool.Cursor) {
 		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
 	}
 	d.moved = true
-	c.disk.update(func(s *diskStats) { s.ackedHanded += handed })
-	c.disk.publish(d.sp, d.sp.Stats().Undelivered)
+	c.disk.publish(d.sp, d.sp.Stats().Undelivered, func(s *diskStats) { s.ackedHanded += handed })
 	if pos.Seg != d.ckptSeg {
 		c.checkpoint(d) // at least at every segment boundary
 	}
@@ -468,26 +471,32 @@ func (c *Chan[T]) storeFront(d *diskState[T], msgs []T) error {
 	defer w.Close()
 	w.SetTime(time.Now().UnixNano())
 	var recs [][]byte
+	stored := 0
 	for _, v := range msgs {
 		encode := func(dst []byte) ([]byte, error) { return c.codec.Encode(dst, v) }
 		_, err := w.Add(encode)
 		if errors.Is(err, segment.ErrTooLarge) && w.Len() > 0 {
+			stored += w.Len()
 			recs = append(recs, append([]byte(nil), w.Record()...))
 			w.Reset()
 			_, err = w.Add(encode)
 		}
 		if err != nil {
+			if !errors.Is(err, segment.ErrTooLarge) {
+				err = fmt.Errorf("%w: encode: %w", ErrCodec, err)
+			}
 			c.disk.update(func(s *diskStats) { s.s.Dropped++ })
 			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: message refused: %w", err))
 		}
 	}
 	n := w.Len()
 	if n > 0 {
+		stored += n
 		recs = append(recs, w.Record())
 	}
 	if err := d.sp.Front(recs); err != nil {
 		return err
 	}
-	c.disk.update(func(s *diskStats) { s.s.Spilled += int64(len(msgs)) })
+	c.disk.update(func(s *diskStats) { s.s.Spilled += int64(stored) })
 	return nil
 }

@@ -5,6 +5,7 @@ go 1.25
 require (
 	github.com/klauspost/compress v1.20.4
 	github.com/tidwall/wal v1.2.1
+	go.uber.org/goleak v1.3.0
 )
 
 require (
@@ -12,5 +13,4 @@ require (
 	github.com/tidwall/match v1.1.1 // indirect
 	github.com/tidwall/pretty v1.2.0 // indirect
 	github.com/tidwall/tinylru v1.1.0 // indirect
-	go.uber.org/goleak v1.3.0 // indirect
 )

@@ -76,8 +76,10 @@
 //
 // # Front segments
 //
-// Front, used at shutdown in ordered mode, writes a segment numbered below all others
-// holding the given records and the undelivered rest of the cursor's segment, moves the
-// cursor there and deletes the old segment; its meta names the segment it replaces, so a
-// crash between the cursor move and the deletion cannot deliver that rest twice.
+// Front, used at shutdown in ordered mode, writes the messages taken back from Out into a
+// segment numbered below all others. Its meta holds a resume cursor, the cursor at that
+// moment: once the front segment is read, reading goes on there, so no stored segment is
+// copied or rewritten. A front segment written while the cursor is inside an earlier one
+// takes over the earlier one's small undelivered rest and resume cursor, and names it in
+// its meta so that Open finishes deleting it after a crash.
 package spool

@@ -50,15 +50,18 @@ func decodeCursor(b []byte) (Cursor, error) {
 }
 
 // meta file of a sealed segment: "pmet" | version 1 | 3 zero | records u64 | messages u64 |
-// raw bytes u64 | first time i64 | last time i64 | replaces u64 | crc32c of bytes 0..56
-const metaSize = 60
+// raw bytes u64 | first time i64 | last time i64 | replaces u64 | resume seg u64 |
+// resume index u64 | resume offset u32 | crc32c of bytes 0..76
+const metaSize = 80
 
 type segMeta struct {
 	records, messages, raw uint64
 	first, last            int64
-	// replaces is, for a front segment (see Spool.Front), the segment whose undelivered
-	// rest it holds: if that one still exists at open, it is deleted.
+	// For a front segment (see Spool.Front): replaces is the earlier front segment whose
+	// undelivered rest it holds (deleted at open if it still exists), and resume is where
+	// reading goes on once this segment is read.
 	replaces uint64
+	resume   Cursor
 }
 
 func encodeMeta(m segMeta) []byte {
@@ -71,13 +74,16 @@ func encodeMeta(m segMeta) []byte {
 	binary.LittleEndian.PutUint64(b[32:], uint64(m.first))
 	binary.LittleEndian.PutUint64(b[40:], uint64(m.last))
 	binary.LittleEndian.PutUint64(b[48:], m.replaces)
-	binary.LittleEndian.PutUint32(b[56:], crc32.Checksum(b[:56], castagnoli))
+	binary.LittleEndian.PutUint64(b[56:], m.resume.Seg)
+	binary.LittleEndian.PutUint64(b[64:], m.resume.Index)
+	binary.LittleEndian.PutUint32(b[72:], m.resume.Offset)
+	binary.LittleEndian.PutUint32(b[76:], crc32.Checksum(b[:76], castagnoli))
 	return b
 }
 
 func decodeMeta(b []byte) (segMeta, bool) {
 	if len(b) != metaSize || string(b[:4]) != "pmet" || b[4] != 1 ||
-		crc32.Checksum(b[:56], castagnoli) != binary.LittleEndian.Uint32(b[56:]) {
+		crc32.Checksum(b[:76], castagnoli) != binary.LittleEndian.Uint32(b[76:]) {
 		return segMeta{}, false
 	}
 	return segMeta{
@@ -87,6 +93,11 @@ func decodeMeta(b []byte) (segMeta, bool) {
 		first:    int64(binary.LittleEndian.Uint64(b[32:])),
 		last:     int64(binary.LittleEndian.Uint64(b[40:])),
 		replaces: binary.LittleEndian.Uint64(b[48:]),
+		resume: Cursor{
+			Seg:    binary.LittleEndian.Uint64(b[56:]),
+			Index:  binary.LittleEndian.Uint64(b[64:]),
+			Offset: binary.LittleEndian.Uint32(b[72:]),
+		},
 	}, true
 }
 

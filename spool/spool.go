@@ -241,6 +241,7 @@ func (s *Spool) finishFront() error {
 			if err := os.RemoveAll(s.path(sg.name())); err != nil {
 				return fmt.Errorf("spool: remove segment %s replaced by %s: %w", sg.name(), s.segs[0].name(), err)
 			}
+			break // dropSeg changed s.segs under this loop
 		}
 	}
 	return nil
@@ -685,11 +686,21 @@ func (s *Spool) loadReader(sg *seg) error {
 }
 
 // nextSeg moves the reader to the first segment after seq.
+// Leaving a front segment, reading goes on at its resume cursor.
 func (s *Spool) nextSeg(seq uint64) {
+	var resume Cursor
+	for _, sg := range s.segs {
+		if sg.seq == seq {
+			resume = sg.meta.resume
+		}
+	}
 	s.rseg, s.rents, s.rbuf, s.rpos, s.rnext, s.rskip = nil, nil, nil, 0, 1, 0
 	for _, sg := range s.segs {
 		if sg.seq > seq {
 			s.rseg = sg
+			if sg.seq == resume.Seg {
+				s.rnext, s.rskip = max(resume.Index, 1), resume.Offset
+			}
 			return
 		}
 	}
@@ -746,8 +757,12 @@ func (s *Spool) collect() error {
 			return nil
 		}
 		if sg.seq == s.acked.Seg {
-			// Moving past this segment: the cursor now means the start of the next one.
+			// Moving past this segment: the cursor now means the start of the next one, or,
+			// past a front segment, its resume cursor.
 			s.acked = Cursor{Seg: sg.seq + 1, Index: 1}
+			if r := sg.meta.resume; r.Seg > sg.seq {
+				s.acked = r
+			}
 		}
 		var err error
 		if sg.damaged {
@@ -802,10 +817,28 @@ func (s *Spool) countBacklog() error {
 		n += int64(sg.meta.messages)
 	}
 	s.st.Undelivered = n
-	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg || (s.acked.Index <= 1 && s.acked.Offset == 0) {
+	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg {
 		return nil
 	}
-	sg := s.segs[0]
+	if err := s.deliveredBefore(s.segs[0], s.acked); err != nil {
+		return err
+	}
+	// Reading a front segment: the segment it resumes in was delivered up to its resume cursor.
+	if r := s.segs[0].meta.resume; r.Seg > s.segs[0].seq {
+		for _, sg := range s.segs[1:] {
+			if sg.seq == r.Seg {
+				return s.deliveredBefore(sg, r)
+			}
+		}
+	}
+	return nil
+}
+
+// deliveredBefore counts the messages of sg before cursor c as delivered.
+func (s *Spool) deliveredBefore(sg *seg, c Cursor) error {
+	if c.Index <= 1 && c.Offset == 0 {
+		return nil
+	}
 	buf, err := os.ReadFile(s.path(sg.name(), walFile))
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
@@ -813,10 +846,10 @@ func (s *Spool) countBacklog() error {
 	ents, _, _ := scanFile(buf)
 	for _, e := range ents {
 		var d uint64
-		if e.index < s.acked.Index {
+		if e.index < c.Index {
 			d = uint64(e.hdr.Count)
-		} else if e.index == s.acked.Index {
-			d = uint64(min(int(s.acked.Offset), e.hdr.Count))
+		} else if e.index == c.Index {
+			d = uint64(min(int(c.Offset), e.hdr.Count))
 		}
 		sg.delivered += d
 		s.st.Undelivered -= int64(d)
@@ -925,13 +958,14 @@ func (s *Spool) drop(sg *seg) (int64, error) {
 }
 
 // Front puts recs in front of everything stored, for shutdown in ordered mode: they are
-// older than every undelivered message. It writes a new segment, numbered below all
-// others, holding recs followed by the undelivered rest of the cursor's segment (raw copies
-// of its records; a partly delivered record is re-encoded from the cursor's offset), moves
-// the cursor there and deletes the old segment. Cost: one copy of at most a segment, once
-// per shutdown. Crash safety: the new segment's meta names the segment it replaces, which
-// Open deletes if the cursor had moved; before the cursor moves, the new segment lies
-// behind it and Open discards it (recs were in memory only). Call Close next.
+// older than every undelivered message. It writes them into a new segment numbered below
+// all others, whose meta holds a resume cursor (the current cursor), moves the cursor to
+// it, and leaves every other segment untouched: once the front segment is read, reading
+// goes on at the resume cursor. If the cursor is inside an earlier front segment, that
+// segment's undelivered rest (at most one Out buffer of messages) is copied behind recs,
+// the resume cursor carried over, and the earlier one deleted; its number is recorded so
+// that Open finishes the deletion after a crash. Until the cursor moves, the new segment
+// lies behind it and Open discards it (recs were in memory only). Call Close next.
 func (s *Spool) Front(recs [][]byte) error {
 	if s.closed {
 		return ErrClosed
@@ -944,10 +978,6 @@ func (s *Spool) Front(recs [][]byte) error {
 			return err
 		}
 	}
-	var old *seg
-	if len(s.segs) > 0 && s.segs[0].seq == s.acked.Seg {
-		old = s.segs[0]
-	}
 	base := s.acked.Seg
 	if len(s.segs) > 0 && (base == 0 || s.segs[0].seq < base) {
 		base = s.segs[0].seq
@@ -959,13 +989,19 @@ func (s *Spool) Front(recs [][]byte) error {
 		return fmt.Errorf("spool: front: no segment number left in front")
 	}
 	sg := &seg{seq: base - 1, sealed: true}
-	if old != nil {
+	sg.meta.resume = s.acked
+	if sg.meta.resume.Seg == 0 {
+		sg.meta.resume = Cursor{Seg: base, Index: 1}
+	}
+	var old *seg
+	if len(s.segs) > 0 && s.segs[0].seq == s.acked.Seg && s.segs[0].meta.resume.Seg > s.segs[0].seq {
+		old = s.segs[0]
 		rest, err := s.restOf(old)
 		if err != nil {
 			return err
 		}
 		recs = append(recs, rest...)
-		sg.meta.replaces = old.seq
+		sg.meta.replaces, sg.meta.resume = old.seq, old.meta.resume
 	}
 	if err := s.writeSealed(sg, recs); err != nil {
 		return err
@@ -987,7 +1023,7 @@ func (s *Spool) Front(recs [][]byte) error {
 	return nil
 }
 
-// restOf returns the undelivered records of sg, the cursor's segment.
+// restOf returns the undelivered records of sg, the cursor's (front) segment.
 func (s *Spool) restOf(sg *seg) ([][]byte, error) {
 	buf, err := os.ReadFile(s.path(sg.name(), walFile))
 	if err != nil {
@@ -1037,6 +1073,8 @@ func (s *Spool) writeSealed(sg *seg, recs [][]byte) error {
 		}
 		sg.meta.add(h)
 		sg.size += int64(uvarintLen(uint64(len(rec))) + len(rec))
+		s.st.BytesWritten += int64(len(rec))
+		s.st.RawWritten += int64(h.RawLen)
 	}
 	if err := l.Close(); err != nil {
 		os.RemoveAll(s.path(sg.name()))
