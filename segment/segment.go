@@ -150,8 +150,7 @@ func NewWriter(batchSize int) *Writer {
 		zstd.WithEncoderLevel(zstd.SpeedFastest),
 		zstd.WithEncoderConcurrency(1),
 		zstd.WithWindowSize(window),
-		zstd.WithEncoderCRC(true),
-		zstd.WithLowerEncoderMem(true),
+		zstd.WithEncoderCRC(true), // zstd's own checksum as well as ours: catches what a CRC collision would pass
 	)
 	if err != nil {
 		// Only invalid options fail, and the options above are constants.
@@ -242,7 +241,6 @@ func NewReader() *Reader {
 	dec, err := zstd.NewReader(nil,
 		zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderMaxMemory(MaxRawSize),
-		zstd.WithDecoderLowmem(true),
 	)
 	if err != nil {
 		panic(fmt.Sprintf("segment: zstd decoder: %v", err))

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pelichan/pelichan/segment"
@@ -67,7 +69,8 @@ type seg struct {
 	damaged bool // damage was found: set aside as .bad, not deleted, when consumed
 	// delivered counts this segment's messages acknowledged so far (from its meta count).
 	delivered uint64
-	readDone  bool // the reader read the whole (sealed) segment
+	readDone  bool          // the reader read the whole (sealed) segment
+	sealDone  chan struct{} // closed when a background seal finished; nil if none ran
 }
 
 // readRec is a record returned by Next and not yet acknowledged.
@@ -124,6 +127,9 @@ type Spool struct {
 
 	st     Stats
 	closed bool
+
+	sealing sync.WaitGroup // background seals
+	bgErr   atomic.Pointer[error] // an error from a background seal
 }
 
 // Open opens or creates the spool in dir, taking its lock. It removes leftovers of
@@ -448,6 +454,9 @@ func (s *Spool) Append(rec []byte) error {
 	if err != nil {
 		return fmt.Errorf("spool: append: %w", err)
 	}
+	if err := s.sealErr(); err != nil {
+		return err
+	}
 	if s.active == nil {
 		if err := s.startSegment(); err != nil {
 			return err
@@ -541,19 +550,41 @@ func (s *Spool) Sync() error {
 }
 
 // seal closes the active segment and records its counts in its meta file.
+//
+// tidwall/wal's Close always fsyncs, which can take long on a busy disk, so closing and
+// writing the meta file (after the fsync: Open relies on a meta never being newer than its
+// data) happen in the background. Nothing touches a sealed segment's wal.Log again: the
+// reader reads its file, and deleting it waits for the seal (see collect). Close waits for
+// every seal; an error from one is returned by the next Append or by Close.
 func (s *Spool) seal() error {
-	sg := s.active
-	err := s.wlog.Close() // tidwall/wal's Close fsyncs the file
+	sg, l := s.active, s.wlog
 	s.wlog, s.active = nil, nil
 	sg.sealed = true
-	if err != nil {
-		return s.truncateAfterError(sg, fmt.Errorf("spool: seal segment %s: %w", sg.name(), err))
-	}
-	if err := writeFileAtomic(s.path(sg.name(), metaName), encodeMeta(sg.meta), !s.opts.NoSync); err != nil {
-		// The counts can be rebuilt by scanning the segment: not fatal.
-		os.Remove(s.path(sg.name(), metaName))
-	}
+	done := make(chan struct{})
+	sg.sealDone = done
+	meta, metaPath := encodeMeta(sg.meta), s.path(sg.name(), metaName)
+	s.sealing.Add(1)
+	go func() {
+		defer s.sealing.Done()
+		defer close(done)
+		if err := l.Close(); err != nil {
+			err = fmt.Errorf("spool: seal segment %s: %w", sg.name(), err)
+			s.bgErr.Store(&err)
+			return
+		}
+		if err := writeFileAtomic(metaPath, meta, !s.opts.NoSync); err != nil {
+			os.Remove(metaPath) // the counts can be rebuilt by scanning the segment
+		}
+	}()
 	return s.collect()
+}
+
+// sealErr returns (once) an error from a background seal.
+func (s *Spool) sealErr() error {
+	if p := s.bgErr.Swap(nil); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // abandon seals the active segment after a failed write: the tidwall Log is closed and
@@ -764,6 +795,9 @@ func (s *Spool) collect() error {
 				s.acked = r
 			}
 		}
+		if sg.sealDone != nil {
+			<-sg.sealDone // never delete a directory a seal is still writing to
+		}
 		var err error
 		if sg.damaged {
 			err = os.Rename(s.path(sg.name()), s.badPath(sg))
@@ -898,7 +932,8 @@ func (s *Spool) Close() error {
 			errs = append(errs, s.seal())
 		}
 	}
-	errs = append(errs, s.collect(), s.Checkpoint())
+	s.sealing.Wait()
+	errs = append(errs, s.sealErr(), s.collect(), s.Checkpoint())
 	s.closed = true
 	s.rbuf, s.rents = nil, nil
 	errs = append(errs, s.lock.Close())
