@@ -128,7 +128,7 @@ type Spool struct {
 	st     Stats
 	closed bool
 
-	sealing sync.WaitGroup // background seals
+	sealing sync.WaitGroup        // background seals
 	bgErr   atomic.Pointer[error] // an error from a background seal
 }
 
