@@ -67,7 +67,8 @@
 //
 // # Durability
 //
-// With NoSync false, Sync fsyncs the segment being written; sealing fsyncs the segment
+// With NoSync false, Sync fsyncs the segment being written; sealing (in the background)
+// fsyncs the segment
 // (tidwall/wal's Close always does, even with NoSync) and writes its meta atomically;
 // creating or deleting a segment and replacing the cursor (temp file, fsync, rename,
 // fsync of the directory) are durable before they are relied on. A failed write closes the
