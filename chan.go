@@ -56,7 +56,8 @@ type Chan[T any] struct {
 
 // refill is one record read back from disk and decoded.
 type refill[T any] struct {
-	pos  spool.Cursor // the record; pos.Offset is unused
+	seq  uint64       // order in which the disk goroutine read it
+	pos  spool.Cursor // the record; pos.Offset: messages of it delivered before
 	msgs []T
 	idx  []uint32 // idx[i]: position of msgs[i] in its record
 }
@@ -103,7 +104,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		recCh:    make(chan encoded),
 		freeCh:   make(chan []T, batchPool),
 		refillCh: make(chan *refill[T], 1),
-		doneCh:   make(chan *refill[T], 2),
+		doneCh:   make(chan *refill[T], refillPool),
 		srcDone:  make(chan struct{}),
 		finishCh: make(chan finishReq[T]),
 	}
@@ -235,7 +236,7 @@ func (l *loopState[T]) handed() {
 		l.refilled++
 		l.ci++
 		if l.ci == len(l.cur.msgs) {
-			l.c.doneCh <- l.cur // never blocks: there are only two refill batches
+			l.c.doneCh <- l.cur // never blocks: capacity refillPool
 			l.cur = nil
 		}
 		return

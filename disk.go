@@ -147,12 +147,31 @@ func (c *Chan[T]) recycle(b []T) {
 	}
 }
 
+// Refill: the disk goroutine reads records (cheap) and hands them, numbered, to the
+// decoders (zstd and the codec: the costly part); decoded batches go to the loop strictly
+// in number order, so the loop sees records in spool order and its cursor stays exact.
+const (
+	refillPool = 4 // refill batches in circulation: decoding, waiting, with the loop
+	decoders   = 2
+)
+
+// decodeJob is one record for a decoder to turn into b.
+type decodeJob[T any] struct {
+	b    *refill[T]
+	data []byte // the record: the spool's buffers stay valid while referenced
+}
+
 // diskState is what the disk goroutine owns.
 type diskState[T any] struct {
 	sp       *spool.Spool
-	r        *segment.Reader
 	free     []*refill[T] // refill batches not in use
-	ready    *refill[T]   // read and decoded, waiting to be sent to the loop
+	jobs     chan decodeJob[T]
+	decoded  chan *refill[T]
+	decoding int                   // jobs out with the decoders
+	nextSeq  uint64                // number of the next record dispatched
+	orderSeq uint64                // number of the next batch to go to the loop
+	waiting  map[uint64]*refill[T] // decoded out of order
+	readyQ   []*refill[T]          // decoded, in order, waiting to be sent to the loop
 	dirty    bool         // written since the last fsync
 	ckptSeg  uint64       // segment of the last checkpoint
 	moved    bool         // acknowledged since the last checkpoint
@@ -165,11 +184,22 @@ type diskState[T any] struct {
 }
 
 func (c *Chan[T]) runDisk(sp *spool.Spool) {
-	d := &diskState[T]{sp: sp, r: segment.NewReader()}
-	defer d.r.Close()
-	for range 2 {
+	d := &diskState[T]{
+		sp:      sp,
+		jobs:    make(chan decodeJob[T], refillPool),
+		decoded: make(chan *refill[T], refillPool),
+		waiting: make(map[uint64]*refill[T]),
+	}
+	for range refillPool {
 		d.free = append(d.free, &refill[T]{})
 	}
+	var dwg sync.WaitGroup
+	for range decoders {
+		dwg.Add(1)
+		go func() { defer dwg.Done(); c.decode(d.jobs, d.decoded) }()
+	}
+	defer dwg.Wait()
+	defer close(d.jobs)
 	var syncC <-chan time.Time
 	if c.opts.sync.every > 0 {
 		t := time.NewTicker(c.opts.sync.every)
@@ -185,10 +215,8 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 	recC := c.recCh
 
 	for {
-		if d.ready == nil && len(d.free) > 0 {
-			d.ready = c.readNext(d)
-		}
-		if d.srcDone && !d.refilled && d.ready == nil && d.retry == nil && c.inflight.Load() == 0 && sp.Empty() {
+		c.dispatch(d)
+		if d.srcDone && !d.refilled && len(d.readyQ) == 0 && d.decoding == 0 && d.retry == nil && c.inflight.Load() == 0 && sp.Empty() {
 			close(c.refillCh)
 			d.refilled = true
 		}
@@ -196,8 +224,9 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 			sendC chan<- *refill[T]
 			recvC <-chan encoded
 		)
-		if d.ready != nil {
-			sendC = c.refillCh
+		var ready *refill[T]
+		if len(d.readyQ) > 0 {
+			sendC, ready = c.refillCh, d.readyQ[0]
 		}
 		if d.retry == nil {
 			recvC = recC
@@ -220,8 +249,20 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 				continue
 			}
 			d.retry = nil
-		case sendC <- d.ready:
-			d.ready = nil
+		case sendC <- ready:
+			d.readyQ = d.readyQ[1:]
+		case b := <-d.decoded:
+			d.decoding--
+			d.waiting[b.seq] = b
+			for {
+				w, ok := d.waiting[d.orderSeq]
+				if !ok {
+					break
+				}
+				delete(d.waiting, d.orderSeq)
+				d.readyQ = append(d.readyQ, w)
+				d.orderSeq++
+			}
 		case b := <-c.doneCh:
 			c.ack(d, b, spool.Cursor{Seg: b.pos.Seg, Index: b.pos.Index + 1})
 		case <-srcDone:
@@ -287,41 +328,63 @@ func (c *Chan[T]) sync(d *diskState[T]) {
 	d.dirty = false
 }
 
-// readNext reads and decodes the next record, skipping what cannot be read. It returns nil
-// when there is nothing to read now.
-func (c *Chan[T]) readNext(d *diskState[T]) *refill[T] {
-	rec, err := d.sp.Next()
-	if errors.Is(err, io.EOF) {
-		return nil
-	}
-	if err != nil {
-		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
-		return nil
-	}
-	b := d.free[len(d.free)-1]
-	d.free = d.free[:len(d.free)-1]
-	b.pos, b.msgs, b.idx = rec.Pos, b.msgs[:0], b.idx[:0]
-	batch, err := d.r.Decode(rec.Data)
-	if err != nil {
-		// The spool checked the CRC, so this is a bug or memory damage: report and skip.
-		c.disk.reportCorrupt(c.opts.errorHandler)(&CorruptionError{
-			Segment: fmt.Sprintf("%020d", rec.Pos.Seg), Index: rec.Pos.Index, Err: err})
-		return b // empty: the loop hands it straight back and it is acknowledged in order
-	}
-	for i := int(rec.Pos.Offset); i < batch.Count; i++ {
-		v, err := c.codec.Decode(batch.Message(i))
+// dispatch reads records while there are refill batches free and hands them to the
+// decoders, numbered.
+func (c *Chan[T]) dispatch(d *diskState[T]) {
+	read := false
+	for len(d.free) > 0 {
+		rec, err := d.sp.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
 		if err != nil {
-			c.disk.update(func(s *diskStats) { s.s.Dropped++ })
-			c.disk.report(c.opts.errorHandler, &DecodeError{
-				Segment: fmt.Sprintf("%020d", rec.Pos.Seg), Index: rec.Pos.Index, Message: i,
-				Raw: append([]byte(nil), batch.Message(i)...), Err: err})
+			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
+			break
+		}
+		b := d.free[len(d.free)-1]
+		d.free = d.free[:len(d.free)-1]
+		b.pos, b.seq = rec.Pos, d.nextSeq
+		d.nextSeq++
+		d.decoding++
+		d.jobs <- decodeJob[T]{b: b, data: rec.Data} // never blocks: capacity refillPool
+		read = true
+	}
+	if read {
+		c.disk.publish(d.sp, -1)
+	}
+}
+
+// decode turns records into refill batches until jobs is closed. Damaged records and
+// messages the codec refuses are reported and skipped; the batch still goes back, so that
+// it is acknowledged in order.
+func (c *Chan[T]) decode(jobs <-chan decodeJob[T], out chan<- *refill[T]) {
+	r := segment.NewReader()
+	defer r.Close()
+	for j := range jobs {
+		b := j.b
+		b.msgs, b.idx = b.msgs[:0], b.idx[:0]
+		batch, err := r.Decode(j.data)
+		if err != nil {
+			// The spool checked the CRC, so this is a bug or memory damage: report and skip.
+			c.disk.reportCorrupt(c.opts.errorHandler)(&CorruptionError{
+				Segment: fmt.Sprintf("%020d", b.pos.Seg), Index: b.pos.Index, Err: err})
+			out <- b
 			continue
 		}
-		b.msgs = append(b.msgs, v)
-		b.idx = append(b.idx, uint32(i))
+		for i := int(b.pos.Offset); i < batch.Count; i++ {
+			v, err := c.codec.Decode(batch.Message(i))
+			if err != nil {
+				c.disk.update(func(s *diskStats) { s.s.Dropped++ })
+				c.disk.report(c.opts.errorHandler, &DecodeError{
+					Segment: fmt.Sprintf("%020d", b.pos.Seg), Index: b.pos.Index, Message: i,
+					Raw: append([]byte(nil), batch.Message(i)...), Err: err})
+				continue
+			}
+			b.msgs = append(b.msgs, v)
+			b.idx = append(b.idx, uint32(i))
+		}
+		out <- b // never blocks: capacity refillPool
 	}
-	c.disk.publish(d.sp, -1)
-	return b
 }
 
 // ack records that every message before pos was handed out.

@@ -8,6 +8,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -157,10 +160,45 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// Locked reports whether some process holds dir's lock. It takes the lock for an instant
-// when it is free, which is harmless to a later opener.
+// Locked reports whether some process holds dir's lock, without taking it where it can.
+//
+// It looks in /proc/locks first, which touches nothing: it lists every flock with the
+// device and inode of its file. Its limit: the kernel leaves out locks held by processes
+// outside the caller's PID namespace (another container sharing the directory), which
+// then look free. Where /proc/locks cannot be read (not Linux, no /proc), Locked probes
+// the lock: it takes a shared flock on LOCK for an instant when no one holds it, and an
+// Open that runs in that instant, in this process or another, fails with ErrLocked.
 func Locked(dir string) (bool, error) {
-	f, err := os.Open(filepath.Join(dir, lockName))
+	held, _, _, err := lockHolder(dir)
+	return held, err
+}
+
+// lockHolder says whether a process holds dir's lock, the holder's pid when /proc/locks
+// names it, and how it was found out: "/proc/locks", "flock probe", "no LOCK file", or
+// "none" when LOCK could not even be looked at (err says why).
+func lockHolder(dir string) (held bool, pid int, method string, err error) {
+	p := filepath.Join(dir, lockName)
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, 0, "no LOCK file", nil
+	}
+	if err != nil {
+		return false, 0, "none", err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if b, err := os.ReadFile("/proc/locks"); err == nil {
+			held, pid := procLocksHolder(string(b), uint64(st.Dev), uint64(st.Ino))
+			return held, pid, "/proc/locks", nil
+		}
+	}
+	held, err = probeLock(p)
+	return held, 0, "flock probe", err
+}
+
+// probeLock tries a shared flock on the LOCK file p and releases it at once: whoever
+// holds the exclusive lock makes it fail. For that instant a concurrent Open is refused.
+func probeLock(p string) (bool, error) {
+	f, err := os.Open(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -177,4 +215,36 @@ func Locked(dir string) (bool, error) {
 	}
 	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 	return false, nil
+}
+
+// procLocksHolder finds an exclusive flock on the file (dev, ino) in the text of
+// /proc/locks, whose lines read
+//
+//	1: FLOCK  ADVISORY  WRITE 1234 fe:00:9984050 0 EOF
+//
+// (device major and minor in hex, inode in decimal; waiters are marked "->"). A shared
+// flock is someone's probe, not an opener.
+func procLocksHolder(text string, dev, ino uint64) (bool, int) {
+	// Linux's encoding of dev_t, as glibc's major() and minor() decode it.
+	major := (dev>>8)&0xfff | (dev>>32)&^uint64(0xfff)
+	minor := dev&0xff | (dev>>12)&^uint64(0xff)
+	for line := range strings.SplitSeq(text, "\n") {
+		f := strings.Fields(line)
+		i := slices.Index(f, "FLOCK")
+		if i < 0 || len(f) < i+5 || slices.Contains(f, "->") || f[i+2] != "WRITE" {
+			continue
+		}
+		id := strings.Split(f[i+4], ":")
+		if len(id) != 3 {
+			continue
+		}
+		ma, err1 := strconv.ParseUint(id[0], 16, 64)
+		mi, err2 := strconv.ParseUint(id[1], 16, 64)
+		in, err3 := strconv.ParseUint(id[2], 10, 64)
+		if err1 == nil && err2 == nil && err3 == nil && ma == major && mi == minor && in == ino {
+			pid, _ := strconv.Atoi(f[i+3])
+			return true, pid
+		}
+	}
+	return false, 0
 }

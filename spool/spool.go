@@ -342,11 +342,12 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 		sg.damaged = true
 	}
 	if newest && good < int64(len(buf)) && len(bad) == 1 && bad[0].offset == good && bad[0].offset+bad[0].length == int64(len(buf)) {
-		// A torn tail: cut it back, keeping the cut bytes as evidence.
+		// A torn tail: cut it back, keeping the cut bytes as evidence. The torn entry is
+		// not counted, so cutTail reports it as entry len(ents)+1.
+		sg.meta.records = uint64(len(ents))
 		if err := s.cutTail(sg, file, buf, good); err != nil {
 			return err
 		}
-		sg.meta.records = uint64(len(ents))
 		sg.damaged = false
 	} else {
 		for _, d := range bad {
@@ -720,6 +721,9 @@ func (s *Spool) loadReader(sg *seg) error {
 // Leaving a front segment, reading goes on at its resume cursor.
 func (s *Spool) nextSeg(seq uint64) {
 	var resume Cursor
+	if s.rseg != nil && s.rseg.seq == seq {
+		resume = s.rseg.meta.resume // collect may have removed it from segs already
+	}
 	for _, sg := range s.segs {
 		if sg.seq == seq {
 			resume = sg.meta.resume
