@@ -172,12 +172,12 @@ type diskState[T any] struct {
 	orderSeq uint64                // number of the next batch to go to the loop
 	waiting  map[uint64]*refill[T] // decoded out of order
 	readyQ   []*refill[T]          // decoded, in order, waiting to be sent to the loop
-	dirty    bool         // written since the last fsync
-	ckptSeg  uint64       // segment of the last checkpoint
-	moved    bool         // acknowledged since the last checkpoint
-	retry    *encoded     // a record whose write failed, to be tried again
-	blocked  bool         // the last write failed; reported once until one succeeds
-	closing  bool         // in finish
+	dirty    bool                  // written since the last fsync
+	ckptSeg  uint64                // segment of the last checkpoint
+	moved    bool                  // acknowledged since the last checkpoint
+	retry    *encoded              // a record whose write failed, to be tried again
+	blocked  bool                  // the last write failed; reported once until one succeeds
+	closing  bool                  // in finish
 	retryIn  time.Duration
 	srcDone  bool
 	refilled bool // refillCh is closed
