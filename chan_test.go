@@ -1332,7 +1332,7 @@ func TestEncodeErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sent, good []string
+	var good []string
 	bad := 0
 	for i := range n {
 		m := msg("ok", i)
@@ -1342,7 +1342,6 @@ func TestEncodeErrors(t *testing.T) {
 		} else {
 			good = append(good, m)
 		}
-		sent = append(sent, m)
 		src <- m
 	}
 	s := waitStats(t, c, 5*time.Second, "the spill", func(s Stats) bool { return s.InMemory == 0 })

@@ -63,10 +63,6 @@ func segNum(t testing.TB, name string) uint64 {
 
 func (r recInfo) same(o recInfo) bool { return r.seg == o.seg && r.index == o.index }
 
-func overlaps(r recInfo, seg string, lo, hi int64) bool {
-	return r.seg == seg && r.off < hi && lo < r.end
-}
-
 // recoverAll opens a damaged spool, reads everything and checks the contract common to
 // every kind of damage: Open succeeds, nothing never written comes out, everything in
 // want comes out, and every report wraps ErrCorrupt.
