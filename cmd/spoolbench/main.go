@@ -133,6 +133,7 @@ type Result struct {
 	PayloadBytes int64   `json:"payload_bytes"`
 	AvgSize      float64 `json:"avg_message_bytes"`
 	Sync         string  `json:"sync"`
+	Rate         int     `json:"rate,omitempty"`
 
 	OutageMsgs     int64   `json:"outage_messages"`
 	OutageSeconds  float64 `json:"outage_seconds"`
@@ -216,7 +217,7 @@ func bench(cfg config, policy pelichan.SyncPolicy, progress io.Writer) (*Result,
 		defer os.RemoveAll(tmp)
 		dir = tmp
 	}
-	res := &Result{Messages: cfg.n, Sync: policy.String()}
+	res := &Result{Messages: cfg.n, Sync: policy.String(), Rate: cfg.rate}
 	var errCount atomic.Int64
 	opts := []pelichan.Option{
 		pelichan.WithSync(policy),
@@ -461,6 +462,13 @@ func (r *Result) print(w io.Writer) {
 	fmt.Fprintf(w, "memory   : peak RSS %.1f MiB\n", float64(r.PeakRSSBytes)/(1<<20))
 	fmt.Fprintf(w, "check    : %d delivered, %d lost, %d duplicated, %d errors: %s\n",
 		r.Delivered, r.Lost, r.Duplicated, r.Errors, verdict)
+	if r.Rate > 0 {
+		answer := "yes"
+		if !r.KeepsUp {
+			answer = "NO: it stored fewer messages per second than arrived"
+		}
+		fmt.Fprintf(w, "keeps up : at %d msgs/s: %s\n", r.Rate, answer)
+	}
 }
 
 func human(v float64) string {
