@@ -34,6 +34,7 @@ type Chan[T any] struct {
 	dir   string
 
 	closing   chan struct{} // closed by Close
+	counted   chan struct{} // closed by the disk goroutine once the backlog is counted
 	closeOnce sync.Once
 	done      chan struct{} // closed when both goroutines have finished
 	closeErr  error
@@ -98,6 +99,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 	c := &Chan[T]{
 		src: src, out: make(chan T, o.buffer), codec: codec, opts: o, dir: dir,
 		closing:  make(chan struct{}),
+		counted:  make(chan struct{}),
 		done:     make(chan struct{}),
 		statsReq: make(chan chan Stats),
 		writeCh:  make(chan []T, 1),
@@ -117,7 +119,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 	if err != nil {
 		return nil, fmt.Errorf("pelichan: open %s: %w", dir, err)
 	}
-	c.disk.publish(sp, sp.Stats().Undelivered)
+	c.disk.publish(sp, sp.Peek().Undelivered)
 	for range batchPool {
 		c.freeCh <- make([]T, 0, 64)
 	}
@@ -149,7 +151,15 @@ func (c *Chan[T]) Close() error {
 }
 
 // Stats returns a snapshot of the Chan's counters.
+//
+// Right after New with a large backlog, the backlog's segments are counted in the
+// background (the first message does not wait for it); Stats waits for that once.
 func (c *Chan[T]) Stats() Stats {
+	select {
+	case <-c.counted:
+	case <-c.done:
+		return c.final
+	}
 	reply := make(chan Stats, 1)
 	select {
 	case c.statsReq <- reply:

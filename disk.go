@@ -30,7 +30,7 @@ type diskStats struct {
 // publish copies the spool's figures. also, if given, updates counters in the same
 // critical section, so that no snapshot sees one change without the other.
 func (d *diskStats) publish(sp *spool.Spool, undelivered int64, also ...func(*diskStats)) {
-	ss := sp.Stats()
+	ss := sp.Peek()
 	d.mu.Lock()
 	for _, f := range also {
 		f(d)
@@ -49,7 +49,8 @@ func (d *diskStats) publish(sp *spool.Spool, undelivered int64, also ...func(*di
 	}
 	if undelivered >= 0 {
 		d.undelivered = undelivered
-		d.stored.Store(undelivered)
+		// Segments still being counted after Open are not empty, as far as order goes.
+		d.stored.Store(undelivered + int64(ss.Counting))
 	}
 	d.mu.Unlock()
 }
@@ -213,6 +214,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 	defer retry.Stop()
 	srcDone := c.srcDone
 	recC := c.recCh
+	countedC := sp.Counted()
 
 	for {
 		c.dispatch(d)
@@ -267,6 +269,10 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 			c.ack(d, b, spool.Cursor{Seg: b.pos.Seg, Index: b.pos.Index + 1})
 		case <-srcDone:
 			d.srcDone, srcDone = true, nil
+		case <-countedC:
+			countedC = nil
+			c.disk.publish(sp, sp.Stats().Undelivered)
+			close(c.counted)
 		case <-syncC:
 			c.sync(d)
 		case <-ckpt.C:
@@ -305,7 +311,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded) error {
 		if c.opts.sync.always {
 			c.sync(d)
 		}
-		c.disk.publish(d.sp, d.sp.Stats().Undelivered, func(s *diskStats) {
+		c.disk.publish(d.sp, d.sp.Peek().Undelivered, func(s *diskStats) {
 			s.s.Spilled += int64(e.n)
 			s.spilledSrc += int64(e.n)
 		})
@@ -396,7 +402,7 @@ func (c *Chan[T]) ack(d *diskState[T], b *refill[T], pos spool.Cursor) {
 		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
 	}
 	d.moved = true
-	c.disk.publish(d.sp, d.sp.Stats().Undelivered, func(s *diskStats) { s.ackedHanded += handed })
+	c.disk.publish(d.sp, d.sp.Peek().Undelivered, func(s *diskStats) { s.ackedHanded += handed })
 	if pos.Seg != d.ckptSeg {
 		c.checkpoint(d) // at least at every segment boundary
 	}
@@ -463,10 +469,11 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T], recC <-chan encoded)
 			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", len(req.front), err))
 		}
 	}
+	final := d.sp.Stats() // exact: waits for any background counting
 	if err := d.sp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
 	}
-	c.disk.publish(d.sp, d.sp.Stats().Undelivered)
+	c.disk.publish(d.sp, final.Undelivered)
 	return errors.Join(errs...)
 }
 
@@ -484,7 +491,7 @@ func (c *Chan[T]) append(d *diskState[T], rec []byte) error {
 		var err error
 		// At Close, Block lets the cap be exceeded rather than lose what was in memory.
 		if c.opts.maxDisk > 0 && !(d.closing && c.opts.whenFull == Block) {
-			if used := d.sp.Stats().DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {
+			if used := d.sp.Peek().DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {
 				err = fmt.Errorf("%w: %d bytes on disk, the cap is %d", ErrFull, used, c.opts.maxDisk)
 			}
 		}
@@ -524,7 +531,7 @@ func (c *Chan[T]) expire(d *diskState[T]) {
 	if err != nil {
 		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
 	}
-	c.disk.publish(d.sp, d.sp.Stats().Undelivered)
+	c.disk.publish(d.sp, d.sp.Peek().Undelivered)
 }
 
 // storeFront encodes the messages taken back from Out (ordered mode) and puts them in front

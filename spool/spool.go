@@ -70,6 +70,7 @@ type seg struct {
 	// delivered counts this segment's messages acknowledged so far (from its meta count).
 	delivered uint64
 	readDone  bool          // the reader read the whole (sealed) segment
+	lazy      bool          // counts not loaded yet (see countInBackground)
 	sealDone  chan struct{} // closed when a background seal finished; nil if none ran
 }
 
@@ -93,7 +94,8 @@ type Record struct {
 // Stats describe the spool's disk state.
 type Stats struct {
 	Segments     int
-	Undelivered  int64 // messages stored and not yet acknowledged
+	Undelivered  int64 // messages stored and not yet acknowledged (of the counted segments)
+	Counting     int   // segments whose counts are still being read after Open
 	DiskBytes    int64 // bytes of segment files (kept up to date as they change)
 	BytesWritten int64 // record bytes appended since Open
 	BytesRead    int64 // record bytes read since Open
@@ -128,7 +130,9 @@ type Spool struct {
 	st     Stats
 	closed bool
 
-	sealing sync.WaitGroup        // background seals
+	bg      sync.WaitGroup        // background seals and counting
+	counted   chan lazyMeta // background counts for pump
+	countDone chan struct{} // closed when the background counting has sent everything
 	bgErr   atomic.Pointer[error] // an error from a background seal
 }
 
@@ -195,16 +199,6 @@ func (s *Spool) load() error {
 	sort.Slice(s.segs, func(i, j int) bool { return s.segs[i].seq < s.segs[j].seq })
 
 	c, cerr := s.readCursor()
-	for i := 0; i < len(s.segs); i++ {
-		sg := s.segs[i]
-		if err := s.loadSeg(sg, i == len(s.segs)-1); err != nil {
-			s.setAside(sg, err)
-			s.segs = slices.Delete(s.segs, i, i+1)
-			i--
-			continue
-		}
-		s.st.DiskBytes += sg.size
-	}
 	switch {
 	case cerr != nil:
 		// A missing or damaged cursor: read from the first segment. Duplicates, never loss.
@@ -223,6 +217,36 @@ func (s *Spool) load() error {
 		c.Index = 1
 	}
 	s.acked = c
+	// Load what reading needs now: the segment the cursor is in (or the first after it), the
+	// one a front segment resumes in, and the newest (its tail may need repair). The counts
+	// of the others are read in the background (see pump), so that Open costs the same
+	// whatever the backlog. Segments before the cursor are consumed and need no counts.
+	first, resume := true, uint64(0)
+	for i := 0; i < len(s.segs); i++ {
+		sg := s.segs[i]
+		newest := i == len(s.segs)-1
+		if sg.seq < c.Seg {
+			continue
+		}
+		if !(newest || first || sg.seq == resume) {
+			sg.lazy = true
+			s.st.Counting++
+			continue
+		}
+		if err := s.loadSeg(sg, newest); err != nil {
+			s.setAside(sg, err)
+			s.segs = slices.Delete(s.segs, i, i+1)
+			i--
+			continue
+		}
+		s.st.DiskBytes += sg.size
+		if first {
+			first = false
+			if r := sg.meta.resume; r.Seg > sg.seq {
+				resume = r.Seg
+			}
+		}
+	}
 	// Segments wholly before the cursor were consumed; their deletion had not reached the disk.
 	if err := s.collect(); err != nil {
 		return err
@@ -231,7 +255,96 @@ func (s *Spool) load() error {
 		return err
 	}
 	s.resetReader()
-	return s.countBacklog()
+	if err := s.countBacklog(); err != nil {
+		return err
+	}
+	s.countInBackground()
+	return nil
+}
+
+// lazyMeta is a background reading of one segment's counts.
+type lazyMeta struct {
+	sg   *seg
+	meta segMeta
+	size int64
+	ok   bool // false: no valid meta file; the owner scans the segment when it needs it
+}
+
+// countInBackground reads the meta files of the segments Open left uncounted. The results
+// are applied by the owning goroutine in pump.
+func (s *Spool) countInBackground() {
+	var lazy []*seg
+	for _, sg := range s.segs {
+		if sg.lazy {
+			lazy = append(lazy, sg)
+		}
+	}
+	if len(lazy) == 0 {
+		return
+	}
+	s.counted = make(chan lazyMeta, len(lazy))
+	done := make(chan struct{})
+	s.countDone = done
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		defer close(done)
+		for _, sg := range lazy {
+			r := lazyMeta{sg: sg}
+			if fi, err := os.Stat(s.path(sg.name(), walFile)); err == nil {
+				r.size = fi.Size()
+				if b, err := os.ReadFile(s.path(sg.name(), metaName)); err == nil {
+					r.meta, r.ok = decodeMeta(b)
+				}
+			}
+			s.counted <- r
+		}
+	}()
+}
+
+// pump applies the background counts that have arrived.
+func (s *Spool) pump() {
+	for s.st.Counting > 0 {
+		select {
+		case r := <-s.counted:
+			if !r.sg.lazy {
+				continue // loaded on demand meanwhile, or gone
+			}
+			if !r.ok {
+				s.ensureMeta(r.sg)
+				continue
+			}
+			r.sg.lazy = false
+			s.st.Counting--
+			r.sg.meta, r.sg.size = r.meta, r.size
+			s.st.DiskBytes += r.size
+			s.st.Undelivered += int64(r.meta.messages)
+		default:
+			return
+		}
+	}
+}
+
+// ensureMeta loads a segment's counts now if Open left them for the background. A segment
+// that cannot be loaded is set aside and dropped; false says so.
+func (s *Spool) ensureMeta(sg *seg) bool {
+	if !sg.lazy {
+		return true
+	}
+	sg.lazy = false
+	s.st.Counting--
+	if err := s.loadSeg(sg, false); err != nil {
+		sg.size, sg.meta = 0, segMeta{} // never counted: nothing to subtract
+		s.setAside(sg, err)
+		s.dropSeg(sg)
+		if s.rseg == sg {
+			s.nextSeg(sg.seq)
+		}
+		return false
+	}
+	s.st.DiskBytes += sg.size
+	s.st.Undelivered += int64(sg.meta.messages)
+	return true
 }
 
 // finishFront completes a Front interrupted after the cursor moved to the front segment:
@@ -564,9 +677,9 @@ func (s *Spool) seal() error {
 	done := make(chan struct{})
 	sg.sealDone = done
 	meta, metaPath := encodeMeta(sg.meta), s.path(sg.name(), metaName)
-	s.sealing.Add(1)
+	s.bg.Add(1)
 	go func() {
-		defer s.sealing.Done()
+		defer s.bg.Done()
 		defer close(done)
 		if err := l.Close(); err != nil {
 			err = fmt.Errorf("spool: seal segment %s: %w", sg.name(), err)
@@ -615,6 +728,10 @@ func (s *Spool) truncateAfterError(sg *seg, cause error) error {
 }
 
 func (s *Spool) dropSeg(sg *seg) {
+	if sg.lazy { // never counted: its background count will be ignored
+		sg.lazy = false
+		s.st.Counting--
+	}
 	if i := slices.Index(s.segs, sg); i >= 0 {
 		s.segs = slices.Delete(s.segs, i, i+1)
 		s.st.DiskBytes -= sg.size
@@ -651,6 +768,9 @@ func (s *Spool) Next() (Record, error) {
 			return r, nil
 		}
 		if s.rents == nil {
+			if !s.ensureMeta(sg) {
+				continue
+			}
 			if err := s.loadReader(sg); err != nil {
 				s.setAside(sg, err)
 				s.dropSeg(sg)
@@ -786,6 +906,9 @@ func (s *Spool) Ack(c Cursor) error {
 func (s *Spool) collect() error {
 	for len(s.segs) > 0 {
 		sg := s.segs[0]
+		if sg.seq >= s.acked.Seg && !s.ensureMeta(sg) {
+			continue
+		}
 		done := sg.seq < s.acked.Seg ||
 			(sg.seq == s.acked.Seg && sg.sealed && (s.acked.Index > sg.meta.records || s.readPast(sg)))
 		if !done || !sg.sealed {
@@ -899,7 +1022,35 @@ func (s *Spool) deliveredBefore(sg *seg, c Cursor) error {
 func (s *Spool) Cursor() Cursor { return s.acked }
 
 // Stats returns the spool's disk statistics.
+//
+// Right after Open with many segments, the counts of most are still being read in the
+// background; Stats waits for them (once), so it is exact. Peek does not wait.
 func (s *Spool) Stats() Stats {
+	if s.st.Counting > 0 {
+		<-s.countDone // everything has been sent
+		s.pump()
+		for _, sg := range slices.Clone(s.segs) {
+			s.ensureMeta(sg) // none should be left; never wait for one
+		}
+	}
+	return s.Peek()
+}
+
+// Counted returns a channel that is closed once the counts left to the background at Open
+// have all been read (Peek is exact from then on, after one more call).
+func (s *Spool) Counted() <-chan struct{} {
+	if s.countDone == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return s.countDone
+}
+
+// Peek returns the spool's statistics without waiting for background counting:
+// Counting says how many segments Undelivered and DiskBytes do not include yet.
+func (s *Spool) Peek() Stats {
+	s.pump()
 	st := s.st
 	st.Segments = len(s.segs)
 	if len(s.segs) > 0 {
@@ -936,7 +1087,7 @@ func (s *Spool) Close() error {
 			errs = append(errs, s.seal())
 		}
 	}
-	s.sealing.Wait()
+	s.bg.Wait()
 	errs = append(errs, s.sealErr(), s.collect(), s.Checkpoint())
 	s.closed = true
 	s.rbuf, s.rents = nil, nil
@@ -976,7 +1127,7 @@ func (s *Spool) DropOlderThan(t int64) (int64, error) {
 // droppable: sealed, not the segment being read (its records may be in flight), and
 // none of its records read and not yet acknowledged.
 func (s *Spool) droppable(sg *seg) bool {
-	if !sg.sealed || sg == s.rseg {
+	if !sg.sealed || sg == s.rseg || !s.ensureMeta(sg) {
 		return false
 	}
 	for _, r := range s.unack {
