@@ -130,10 +130,10 @@ type Spool struct {
 	st     Stats
 	closed bool
 
-	bg      sync.WaitGroup        // background seals and counting
-	counted   chan lazyMeta // background counts for pump
-	countDone chan struct{} // closed when the background counting has sent everything
-	bgErr   atomic.Pointer[error] // an error from a background seal
+	bg        sync.WaitGroup        // background seals and counting
+	counted   chan lazyMeta         // background counts for pump
+	countDone chan struct{}         // closed when the background counting has sent everything
+	bgErr     atomic.Pointer[error] // an error from a background seal
 }
 
 // Open opens or creates the spool in dir, taking its lock. It removes leftovers of
