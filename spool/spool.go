@@ -459,7 +459,12 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 		// not counted, so cutTail reports it as entry len(ents)+1.
 		sg.meta.records = uint64(len(ents))
 		if err := s.cutTail(sg, file, buf, good); err != nil {
-			return err
+			// No room for the evidence (a full disk): leave the file as it is. The records
+			// before the tail are still read; the segment is kept as .bad once consumed.
+			sg.meta.records++
+			s.report(&CorruptionError{Segment: sg.name(), Index: sg.meta.records, Offset: good,
+				Length: int64(len(buf)) - good, Err: fmt.Errorf("%w; not cut: %w", errTornTail, err)})
+			return nil
 		}
 		sg.damaged = false
 	} else {
