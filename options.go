@@ -129,7 +129,7 @@ func WithLinger(d time.Duration) Option {
 }
 
 // WithSegmentSize sets the size at which a spool segment is sealed and a new one begun
-// (default 4 MiB). Memory use grows with it: the segment being written and the one being
+// (default 2 MiB). Memory use grows with it: the segment being written and the one being
 // read are held in memory.
 func WithSegmentSize(n int64) Option {
 	return func(o *options) {

@@ -33,7 +33,7 @@ const (
 	// later version put segments in front of the backlog.
 	firstSeq = 1 << 32
 	// DefaultSegmentSize is where a segment is sealed and a new one started.
-	DefaultSegmentSize = 4 << 20
+	DefaultSegmentSize = 2 << 20
 	maxBroken          = 8       // *.broken evidence files kept
 	maxBrokenBytes     = 1 << 20 // bytes kept of one cut tail
 )
