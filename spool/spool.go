@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -67,6 +68,10 @@ type seg struct {
 	size    int64   // bytes of the WAL file
 	sealed  bool
 	damaged bool // damage was found: set aside as .bad, not deleted, when consumed
+	// sealedCount is the number of entries recorded in the segment's meta at sealing, 0 when
+	// it has no valid meta (a crash before sealing): the only way to tell how many entries
+	// a damaged stretch swallowed.
+	sealedCount uint64
 	// delivered counts this segment's messages acknowledged so far (from its meta count).
 	delivered uint64
 	readDone  bool          // the reader read the whole (sealed) segment
@@ -176,6 +181,21 @@ func (s *Spool) report(err error) {
 	s.opts.OnCorrupt(err)
 }
 
+// removeSeg deletes a segment directory. It is renamed NAME.del.tmp first, so that a
+// crash in the middle of the deletion leaves either the whole segment or a leftover that
+// Open removes, never a segment directory missing some of its files (which Open would
+// have to take for damage).
+func (s *Spool) removeSeg(name string) error {
+	tmp := s.path(name + ".del.tmp")
+	if err := os.Rename(s.path(name), tmp); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return os.RemoveAll(tmp)
+}
+
 func (s *Spool) load() error {
 	names, err := readDirNames(s.dir)
 	if err != nil {
@@ -192,6 +212,14 @@ func (s *Spool) load() error {
 				return fmt.Errorf("spool: remove leftover: %w", err)
 			}
 		case isSegName(name):
+			if sub, err := readDirNames(s.path(name)); err == nil && len(sub) == 0 {
+				// A segment whose creation was cut short (tidwall/wal makes the directory
+				// before its file): it never held a record.
+				if err := os.Remove(s.path(name)); err != nil {
+					return fmt.Errorf("spool: remove leftover: %w", err)
+				}
+				continue
+			}
 			seq, _ := strconv.ParseUint(name, 10, 64)
 			s.segs = append(s.segs, &seg{seq: seq, sealed: true})
 		}
@@ -357,7 +385,7 @@ func (s *Spool) finishFront() error {
 	for _, sg := range s.segs[1:] {
 		if sg.seq == old {
 			s.dropSeg(sg)
-			if err := os.RemoveAll(s.path(sg.name())); err != nil {
+			if err := s.removeSeg(sg.name()); err != nil {
 				return fmt.Errorf("spool: remove segment %s replaced by %s: %w", sg.name(), s.segs[0].name(), err)
 			}
 			break // dropSeg changed s.segs under this loop
@@ -436,6 +464,9 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 	haveMeta := false
 	if b, err := os.ReadFile(s.path(sg.name(), metaName)); err == nil {
 		sealed, haveMeta = decodeMeta(b)
+	}
+	if haveMeta {
+		sg.sealedCount = sealed.records
 	}
 	if haveMeta && !newest {
 		sg.meta = sealed
@@ -638,13 +669,13 @@ func (s *Spool) startSegment() error {
 	sg := &seg{seq: seq}
 	l, err := wal.Open(s.path(sg.name()), s.walOptions())
 	if err != nil {
-		os.RemoveAll(s.path(sg.name()))
+		s.removeSeg(sg.name())
 		return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
 	}
 	if !s.opts.NoSync {
 		if err := syncDir(s.dir); err != nil {
 			l.Close()
-			os.RemoveAll(s.path(sg.name()))
+			s.removeSeg(sg.name())
 			return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
 		}
 	}
@@ -718,7 +749,7 @@ func (s *Spool) abandon() {
 
 func (s *Spool) truncateAfterError(sg *seg, cause error) error {
 	if sg.meta.records == 0 {
-		os.RemoveAll(s.path(sg.name()))
+		s.removeSeg(sg.name())
 		s.dropSeg(sg)
 		if s.rseg == sg {
 			s.nextSeg(sg.seq)
@@ -790,6 +821,11 @@ func (s *Spool) Next() (Record, error) {
 			if e.index < s.rnext {
 				continue
 			}
+			if e.index != s.rnext {
+				// The cursor's own entry is damaged: its message offset says nothing about
+				// the next entry, which is delivered whole.
+				skip = 0
+			}
 			s.rnext = e.index + 1
 			s.rskip = 0
 			s.unack = append(s.unack, readRec{sg: sg, index: e.index, count: uint32(e.hdr.Count), skip: skip})
@@ -812,18 +848,30 @@ func (s *Spool) loadReader(sg *seg) error {
 		return err
 	}
 	ents, bad, _ := scanFile(buf)
-	if found := uint64(len(ents) + len(bad)); found < sg.meta.records {
+	found := uint64(len(ents) + len(bad))
+	if found < sg.meta.records {
 		// Whole entries are missing (a truncated or emptied file): no scan can see that,
 		// only the count the segment was sealed with.
 		sg.damaged = true
 		s.report(&CorruptionError{Segment: sg.name(), Index: found + 1, Offset: int64(len(buf)),
 			Err: fmt.Errorf("%w: %d of the %d entries recorded at sealing are missing", ErrCorrupt, sg.meta.records-found, sg.meta.records)})
-		// A damaged stretch that swallowed k entries shifts the indexes after it down by up
-		// to k: resume early enough that no record behind the cursor is skipped
-		// (duplicates, never loss).
-		if k := sg.meta.records - found; len(bad) > 0 && bad[0].index < s.rnext {
-			if r := max(bad[0].index+1, s.rnext-min(k, s.rnext)); r < s.rnext {
-				s.rnext, s.rskip = r, 0
+	}
+	// A damaged stretch in front of the cursor that swallowed several entries (a page of
+	// zeros over a record boundary, say) is counted as one, which shifts the indexes after
+	// it: the entry found at the cursor's index is then a later one, and reading from there
+	// would skip records behind the cursor. Unless each stretch in front of the cursor is
+	// exactly one framed entry (a record with a bad CRC whose length prefix is intact), and
+	// the count recorded at sealing (if any) finds no entry missing, resume right after the
+	// first stretch, from its first message: duplicates, never loss.
+	if len(bad) > 0 && bad[0].index < s.rnext {
+		missing := max(sg.meta.records, sg.sealedCount) > found
+		for _, d := range bad {
+			if d.index >= s.rnext {
+				break
+			}
+			if missing || !oneEntry(buf, d) {
+				s.rnext, s.rskip = d.index+1, 0
+				break
 			}
 		}
 	}
@@ -840,6 +888,13 @@ func (s *Spool) loadReader(sg *seg) error {
 	}
 	sg.meta.records = uint64(len(ents) + len(bad))
 	return nil
+}
+
+// oneEntry reports whether the damaged stretch d of buf is exactly one framed entry whose
+// record is bad but whose length prefix is intact, so that it cannot hide more entries.
+func oneEntry(buf []byte, d damage) bool {
+	size, k := binary.Uvarint(buf[d.offset:])
+	return k > 0 && uint64(d.length) == uint64(k)+size
 }
 
 // nextSeg moves the reader to the first segment after seq.
@@ -915,7 +970,7 @@ func (s *Spool) collect() error {
 			continue
 		}
 		done := sg.seq < s.acked.Seg ||
-			(sg.seq == s.acked.Seg && sg.sealed && (s.acked.Index > sg.meta.records || s.readPast(sg)))
+			(sg.seq == s.acked.Seg && sg.sealed && (s.pastEnd(sg) || s.readPast(sg)))
 		if !done || !sg.sealed {
 			return nil
 		}
@@ -935,7 +990,7 @@ func (s *Spool) collect() error {
 			err = os.Rename(s.path(sg.name()), s.badPath(sg))
 			s.st.SetAside++
 		} else {
-			err = os.RemoveAll(s.path(sg.name()))
+			err = s.removeSeg(sg.name())
 		}
 		if err != nil {
 			return fmt.Errorf("spool: delete consumed segment %s: %w", sg.name(), err)
@@ -948,6 +1003,16 @@ func (s *Spool) collect() error {
 		}
 	}
 	return nil
+}
+
+// pastEnd reports whether the acknowledged cursor lies past sg's last entry. When
+// damage in sg may have swallowed entries that no count records, the indexes after it
+// cannot be trusted: the reader decides, by reading.
+func (s *Spool) pastEnd(sg *seg) bool {
+	if sg.damaged && sg.sealedCount == 0 && !sg.readDone {
+		return false
+	}
+	return s.acked.Index > max(sg.meta.records, sg.sealedCount)
 }
 
 // readPast reports whether the reader has finished sg and every record it read from sg
@@ -1085,7 +1150,7 @@ func (s *Spool) Close() error {
 	if s.active != nil {
 		if s.active.meta.records == 0 {
 			s.wlog.Close()
-			os.RemoveAll(s.path(s.active.name()))
+			s.removeSeg(s.active.name())
 			s.dropSeg(s.active)
 			s.wlog, s.active = nil, nil
 		} else {
@@ -1146,7 +1211,7 @@ func (s *Spool) droppable(sg *seg) bool {
 func (s *Spool) drop(sg *seg) (int64, error) {
 	n := int64(sg.meta.messages - sg.delivered)
 	s.dropSeg(sg)
-	if err := os.RemoveAll(s.path(sg.name())); err != nil {
+	if err := s.removeSeg(sg.name()); err != nil {
 		return n, fmt.Errorf("spool: drop segment %s: %w", sg.name(), err)
 	}
 	return n, nil
@@ -1210,7 +1275,7 @@ func (s *Spool) Front(recs [][]byte) error {
 	}
 	if old != nil {
 		s.dropSeg(old) // its undelivered rest is counted in the front segment now
-		if err := os.RemoveAll(s.path(old.name())); err != nil {
+		if err := s.removeSeg(old.name()); err != nil {
 			return fmt.Errorf("spool: front: remove %s: %w", old.name(), err)
 		}
 	}
@@ -1263,7 +1328,7 @@ func (s *Spool) writeSealed(sg *seg, recs [][]byte) error {
 		}
 		if err != nil {
 			l.Close()
-			os.RemoveAll(s.path(sg.name()))
+			s.removeSeg(sg.name())
 			return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
 		}
 		sg.meta.add(h)
@@ -1272,11 +1337,11 @@ func (s *Spool) writeSealed(sg *seg, recs [][]byte) error {
 		s.st.RawWritten += int64(h.RawLen)
 	}
 	if err := l.Close(); err != nil {
-		os.RemoveAll(s.path(sg.name()))
+		s.removeSeg(sg.name())
 		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
 	}
 	if err := writeFileAtomic(s.path(sg.name(), metaName), encodeMeta(sg.meta), !s.opts.NoSync); err != nil {
-		os.RemoveAll(s.path(sg.name()))
+		s.removeSeg(sg.name())
 		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
 	}
 	if !s.opts.NoSync {

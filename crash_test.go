@@ -1,0 +1,983 @@
+package pelichan
+
+// Crash tests: a re-executed child process (this test binary, run with
+// -test.run=^TestCrashChild$ and PELICHAN_CRASH_CHILD set) spills, and is killed with
+// SIGKILL at random moments, many times on one directory. The parent reopens the directory
+// after every kill and finally drains it, and checks what DESIGN.md promises for a crash:
+// every reopen succeeds, nothing false comes out, everything that reached the spool comes
+// out, and duplicates stay within the cursor checkpoint window.
+//
+// What the child knows was stored, it writes to a progress log with write(2) (O_APPEND),
+// which SIGKILL cannot undo:
+//
+//	R <nanos>                       New returned
+//	V <n>                           ids below n may be sent (written before they are)
+//	P <nanos> <handed> <stats...>   progress every 20ms: ids below handed were taken by the loop
+//	W <nanos> <handed>              watermark: the producer paused, nothing held in memory,
+//	                                Out empty: every id below handed was stored or received
+//	E <nanos> <efbig> <full> <corrupt> <quoted error>   an error from WithErrorHandler
+//	C <quoted error or "">          Close returned (fsize mode only)
+//
+// A consumer in the child writes each message it receives as a line of its own file, one
+// write(2) per message, so at most the one message between receive and write is unknown.
+//
+// The default run is short (about 20s under -race on 2 cores). Flags for soaks:
+// -crash.rounds=N (kills per case), -crash.maxdelay=2.5s (rounds long enough for the
+// 1s cursor checkpoint to matter), -crash.margin (slack of the time-based check),
+// -crash.seed (replay), -crash.strict (fail on the known leftover-directory report).
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	crashRoundsFlag = flag.Int("crash.rounds", 0, "crash tests: child processes killed per case (0: a short default)")
+	crashSeedFlag   = flag.Uint64("crash.seed", 0, "crash tests: seed for kill times and consumer stalls (0: from the clock)")
+	crashMarginFlag = flag.Duration("crash.margin", 200*time.Millisecond,
+		"crash tests: slack on top of linger and sync interval within which a message taken from src must be on disk")
+	crashStrictFlag = flag.Bool("crash.strict", false,
+		"crash tests: fail on a segment directory left without its WAL file by a kill (see crashReport)")
+	crashMaxDelayFlag = flag.Duration("crash.maxdelay", 400*time.Millisecond,
+		"crash tests: longest a child runs before it is killed (at least 50ms; above 1s the time checkpoint comes into play)")
+)
+
+const (
+	crashEnv       = "PELICHAN_CRASH_CHILD"
+	crashLinger    = 25 * time.Millisecond // the children's WithLinger
+	crashCkpt      = time.Second           // options.checkpoint's default
+	crashProgEvery = 20 * time.Millisecond
+	crashMarkEvery = 70 * time.Millisecond
+)
+
+// crashCase configures one crash scenario.
+type crashCase struct {
+	name    string
+	mode    string // child mode: spill (no consumer), consume, fsize
+	sync    string // never, always, every50ms
+	buffer  int    // WithBuffer
+	segSize int64  // WithSegmentSize
+	rounds  int
+	limit   int64 // fsize: RLIMIT_FSIZE of the child
+	n       int   // fsize: messages to send
+	close   bool  // fsize: Close after n messages and exit (else go on until killed)
+}
+
+func (cc crashCase) syncPolicy() (SyncPolicy, time.Duration) {
+	switch cc.sync {
+	case "never":
+		return SyncNever, 0
+	case "always":
+		return SyncAlways, 0
+	case "every50ms":
+		return SyncEvery(50 * time.Millisecond), 50 * time.Millisecond
+	}
+	panic("unknown sync " + cc.sync)
+}
+
+// window is how long before a kill a message must have been taken from src to be owed:
+// the linger, the sync interval and a margin for a loaded machine.
+func (cc crashCase) window() time.Duration {
+	_, every := cc.syncPolicy()
+	return crashLinger + every + *crashMarginFlag
+}
+
+// crashMsg is message seq of child round: unique, log-line-like, checkable.
+func crashMsg(round, seq int) string {
+	h := uint32(round*1_000_003+seq) * 2654435761
+	return fmt.Sprintf("m-%d-%d-%08x level=info svc=api msg=\"crash test line\" ms=%d", round, seq, h, seq%997)
+}
+
+// crashNoisy is a message that compresses poorly (fsize mode): files grow fast.
+func crashNoisy(round, seq int) string {
+	r := rand.New(rand.NewPCG(uint64(round), uint64(seq)))
+	b := fmt.Appendf(nil, "n-%d-%d-", round, seq)
+	const hex = "0123456789abcdef"
+	for range 160 {
+		b = append(b, hex[r.IntN(16)])
+	}
+	return string(b)
+}
+
+// crashParse returns the round and seq of m, if m is exactly a message the children send.
+func crashParse(m string) (round, seq int, ok bool) {
+	parts := strings.SplitN(m, "-", 4)
+	if len(parts) != 4 || (parts[0] != "m" && parts[0] != "n") {
+		return 0, 0, false
+	}
+	r, err1 := strconv.Atoi(parts[1])
+	s, err2 := strconv.Atoi(parts[2])
+	if err1 != nil || err2 != nil || r < 0 || s < 0 {
+		return 0, 0, false
+	}
+	want := crashMsg(r, s)
+	if parts[0] == "n" {
+		want = crashNoisy(r, s)
+	}
+	return r, s, m == want
+}
+
+// ---- the child ---------------------------------------------------------------------------
+
+// TestCrashChild is the child process of the crash tests; it does nothing in a normal run.
+func TestCrashChild(t *testing.T) {
+	mode := os.Getenv(crashEnv)
+	if mode == "" {
+		t.Skip("the child process of the crash tests (run by them)")
+	}
+	os.Exit(crashChild(mode))
+}
+
+func crashChild(mode string) int {
+	env := func(k string) string { return os.Getenv("PELICHAN_CRASH_" + k) }
+	num := func(k string) int64 { n, _ := strconv.ParseInt(env(k), 10, 64); return n }
+	fail := func(format string, args ...any) int {
+		fmt.Fprintf(os.Stderr, "crash child: "+format+"\n", args...)
+		return 2
+	}
+	cc := crashCase{mode: mode, sync: env("SYNC"), buffer: int(num("BUFFER")), segSize: num("SEGSIZE"),
+		limit: num("LIMIT"), n: int(num("N")), close: env("CLOSE") == "1"}
+	round := int(num("ROUND"))
+	rng := rand.New(rand.NewPCG(uint64(num("SEED")), uint64(round)))
+
+	lg, err := os.OpenFile(env("LOG"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fail("%v", err)
+	}
+	var lmu sync.Mutex
+	logf := func(format string, args ...any) {
+		line := fmt.Appendf(nil, format+"\n", args...)
+		lmu.Lock()
+		lg.Write(line) // one write(2): survives SIGKILL
+		lmu.Unlock()
+	}
+	if mode == "fsize" {
+		// Writes past the limit fail with EFBIG instead of killing the process.
+		signal.Ignore(syscall.SIGXFSZ)
+		lim := syscall.Rlimit{Cur: uint64(cc.limit), Max: uint64(cc.limit)}
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+			return fail("setrlimit: %v", err)
+		}
+	}
+	gen := crashMsg
+	if mode == "fsize" {
+		gen = crashNoisy
+	}
+
+	policy, _ := cc.syncPolicy()
+	src := make(chan string)
+	c, err := New(env("DIR"), src, String, WithBuffer(cc.buffer), WithSync(policy), WithLinger(crashLinger),
+		WithSegmentSize(cc.segSize), WithErrorHandler(func(err error) {
+			logf("E %d %t %t %t %q", time.Now().UnixNano(), errors.Is(err, syscall.EFBIG), errors.Is(err, ErrFull),
+				errors.Is(err, ErrCorrupt), err.Error())
+		}))
+	if err != nil {
+		logf("F %q", err.Error())
+		return fail("New: %v", err)
+	}
+	logf("R %d", time.Now().UnixNano())
+
+	var handed atomic.Int64
+	go func() { // progress
+		for {
+			time.Sleep(crashProgEvery)
+			h := handed.Load()
+			s := c.Stats()
+			logf("P %d %d %d %d %d %d %d %d", time.Now().UnixNano(), h,
+				s.Received, s.Direct, s.Spilled, s.InMemory, s.OnDisk, s.Refilled)
+			lg.Sync()
+		}
+	}()
+
+	if mode == "consume" {
+		rf, err := os.OpenFile(env("RECV"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return fail("%v", err)
+		}
+		go func() { // a consumer that stalls now and then, so messages spill and refill
+			for {
+				if rng.IntN(3) == 0 {
+					time.Sleep(time.Duration(10+rng.IntN(60)) * time.Millisecond)
+				}
+				t := time.NewTimer(time.Duration(10+rng.IntN(60)) * time.Millisecond)
+			run:
+				for {
+					select {
+					case v := <-c.Out():
+						rf.Write([]byte(v + "\n")) // one write(2) per message
+					case <-t.C:
+						break run
+					}
+				}
+			}
+		}()
+	}
+
+	prodDone := make(chan struct{})
+	go func() { // producer
+		defer close(prodDone)
+		reserved := 0
+		lastMark := time.Now()
+		for seq := 0; cc.n == 0 || seq < cc.n || !cc.close; {
+			if seq == reserved {
+				reserved += 1024
+				logf("V %d", reserved)
+			}
+			src <- gen(round, seq)
+			seq++
+			handed.Store(int64(seq))
+			if seq%128 == 0 {
+				time.Sleep(time.Millisecond) // keep the spool a size the final drain can afford
+			}
+			if time.Since(lastMark) >= crashMarkEvery || seq == cc.n {
+				// Pause until nothing taken is held in memory: a watermark that does not
+				// depend on timing.
+				for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+					s := c.Stats()
+					if s.Received == int64(seq) && s.InMemory == 0 && (mode != "consume" || len(c.Out()) == 0) {
+						logf("W %d %d", time.Now().UnixNano(), seq)
+						break
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+				lastMark = time.Now()
+			}
+		}
+	}()
+	if !cc.close {
+		select {} // until SIGKILL
+	}
+	<-prodDone
+	err = c.Close()
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	logf("C %q", msg)
+	lg.Close()
+	return 0
+}
+
+// ---- the parent --------------------------------------------------------------------------
+
+// crashProg is one P line.
+type crashProg struct {
+	at                                                         time.Time
+	handed, received, direct, spilled, inMem, onDisk, refilled int64
+}
+
+// crashRound is what one child process left behind.
+type crashRound struct {
+	round      int
+	early      bool // killed at a random moment from exec, maybe before New returned
+	delay      time.Duration
+	ready      time.Time
+	killedAt   time.Time
+	exited     bool // exited by itself (fsize close mode)
+	closeErr   *string
+	reserved   int
+	progress   []crashProg
+	marks      [][2]int64 // nanos, handed
+	errs       []string   // E lines
+	efbig      int
+	recv       []string // consume mode: what its consumer received
+	childOut   string
+	needTime   int // ids below it were taken more than the window before the kill
+	needMark   int // ids below it were stored (last watermark)
+	openFailed string
+}
+
+func (r *crashRound) need() int { return max(r.needTime, r.needMark) }
+
+// storeLag estimates from the progress lines the longest a message taken from src waited
+// in memory: from a line to the first later one at which as many messages as were taken
+// then had been stored or handed to Out. It is evidence for the window, not a check.
+func (r *crashRound) storeLag() time.Duration {
+	var lag time.Duration
+	for j, p := range r.progress {
+		for _, q := range r.progress[j:] {
+			if q.received-q.inMem >= p.handed {
+				lag = max(lag, q.at.Sub(p.at))
+				break
+			}
+		}
+	}
+	return lag
+}
+
+func crashSeed(t *testing.T) uint64 {
+	seed := *crashSeedFlag
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (replay with -crash.seed=%d)", seed, seed)
+	return seed
+}
+
+func crashRounds(def int) int {
+	if *crashRoundsFlag > 0 {
+		return *crashRoundsFlag
+	}
+	return def
+}
+
+// crashRun runs child round r on dir and kills it (or, in fsize close mode, waits for it to
+// exit), then reads its logs.
+func crashRun(t *testing.T, cc crashCase, dir, work string, round int, seed uint64, rng *rand.Rand) *crashRound {
+	t.Helper()
+	cr := &crashRound{round: round}
+	logPath := filepath.Join(work, fmt.Sprintf("round%03d.log", round))
+	recvPath := filepath.Join(work, fmt.Sprintf("round%03d.recv", round))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
+	cmd.Env = append(os.Environ(),
+		crashEnv+"="+cc.mode,
+		"PELICHAN_CRASH_DIR="+dir,
+		"PELICHAN_CRASH_LOG="+logPath,
+		"PELICHAN_CRASH_RECV="+recvPath,
+		"PELICHAN_CRASH_ROUND="+strconv.Itoa(round),
+		"PELICHAN_CRASH_SEED="+strconv.FormatUint(seed, 10),
+		"PELICHAN_CRASH_SYNC="+cc.sync,
+		"PELICHAN_CRASH_BUFFER="+strconv.Itoa(cc.buffer),
+		"PELICHAN_CRASH_SEGSIZE="+strconv.FormatInt(cc.segSize, 10),
+		"PELICHAN_CRASH_LIMIT="+strconv.FormatInt(cc.limit, 10),
+		"PELICHAN_CRASH_N="+strconv.Itoa(cc.n),
+		"PELICHAN_CRASH_CLOSE="+map[bool]string{true: "1", false: "0"}[cc.close],
+	)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exit := make(chan error, 1)
+	go func() { exit <- cmd.Wait() }()
+	exitedEarly := func(err error) {
+		t.Fatalf("round %d: child exited by itself (%v); output:\n%s", round, err, out.String())
+	}
+
+	cr.delay = 50*time.Millisecond + time.Duration(rng.Int64N(int64(max(*crashMaxDelayFlag-50*time.Millisecond, 0))+1))
+	cr.early = cc.mode != "fsize" && rng.IntN(4) == 0
+	switch {
+	case cc.close:
+		select {
+		case err := <-exit:
+			cr.exited = true
+			if err != nil {
+				t.Fatalf("round %d: child: %v; output:\n%s", round, err, out.String())
+			}
+		case <-time.After(2 * time.Minute):
+			cmd.Process.Kill()
+			<-exit
+			t.Fatalf("round %d: child did not finish; output:\n%s", round, out.String())
+		}
+	case cc.mode == "fsize":
+		// Kill once the child has hit the limit a few times and stored more after it.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			b, _ := os.ReadFile(logPath)
+			if bytes.Count(b, []byte(" true true false ")) >= 2 && bytes.Count(b, []byte("\nW ")) >= 3 {
+				break
+			}
+			select {
+			case err := <-exit:
+				exitedEarly(err)
+			case <-time.After(10 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				<-exit
+				t.Fatalf("round %d: child never hit the file size limit; log:\n%s\noutput:\n%s", round, b, out.String())
+			}
+		}
+		select {
+		case err := <-exit:
+			exitedEarly(err)
+		case <-time.After(cr.delay):
+		}
+	case cr.early:
+		select {
+		case err := <-exit:
+			exitedEarly(err)
+		case <-time.After(time.Until(start.Add(cr.delay))):
+		}
+	default:
+		for deadline := time.Now().Add(60 * time.Second); ; {
+			if b, _ := os.ReadFile(logPath); bytes.HasPrefix(b, []byte("R ")) || bytes.Contains(b, []byte("\nR ")) {
+				break
+			}
+			select {
+			case err := <-exit:
+				exitedEarly(err)
+			case <-time.After(5 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				<-exit
+				t.Fatalf("round %d: child never opened the spool; output:\n%s", round, out.String())
+			}
+		}
+		select {
+		case err := <-exit:
+			exitedEarly(err)
+		case <-time.After(cr.delay):
+		}
+	}
+	if !cr.exited {
+		cr.killedAt = time.Now()
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		err := <-exit
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("round %d: child ended with %v before the kill; output:\n%s", round, err, out.String())
+		}
+	}
+	cr.childOut = out.String()
+	if strings.Contains(cr.childOut, "DATA RACE") || strings.Contains(cr.childOut, "panic:") {
+		t.Errorf("round %d: child reported a race or a panic:\n%s", round, cr.childOut)
+	}
+	crashReadLog(t, cr, logPath)
+	if cc.mode == "consume" {
+		cr.recv = crashReadLines(t, recvPath)
+	}
+
+	// What must have survived the kill.
+	if !cr.exited {
+		cutoff := cr.killedAt.Add(-cc.window())
+		for _, p := range cr.progress {
+			if !p.at.After(cutoff) {
+				cr.needTime = int(p.handed)
+			}
+		}
+	}
+	if len(cr.marks) > 0 {
+		cr.needMark = int(cr.marks[len(cr.marks)-1][1])
+	}
+	return cr
+}
+
+func crashReadLines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	if lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1]
+	} else {
+		// Killed in the middle of a line's write(2) would be a kernel bug; keep it so it
+		// shows up as a false message.
+		t.Logf("%s: last line has no newline: %q", path, lines[len(lines)-1])
+	}
+	return lines
+}
+
+func crashReadLog(t *testing.T, cr *crashRound, path string) {
+	t.Helper()
+	for _, line := range crashReadLines(t, path) {
+		kind, rest, _ := strings.Cut(line, " ")
+		f := strings.Fields(rest)
+		n := func(i int) int64 {
+			if i >= len(f) {
+				t.Fatalf("round %d: short log line %q", cr.round, line)
+			}
+			v, err := strconv.ParseInt(f[i], 10, 64)
+			if err != nil {
+				t.Fatalf("round %d: bad log line %q", cr.round, line)
+			}
+			return v
+		}
+		switch kind {
+		case "R":
+			cr.ready = time.Unix(0, n(0))
+		case "V":
+			cr.reserved = int(n(0))
+		case "P":
+			cr.progress = append(cr.progress, crashProg{at: time.Unix(0, n(0)), handed: n(1), received: n(2),
+				direct: n(3), spilled: n(4), inMem: n(5), onDisk: n(6), refilled: n(7)})
+		case "W":
+			cr.marks = append(cr.marks, [2]int64{n(0), n(1)})
+		case "E":
+			cr.errs = append(cr.errs, rest)
+			if len(f) > 1 && f[1] == "true" {
+				cr.efbig++
+			}
+		case "F":
+			cr.openFailed = rest
+		case "C":
+			s, err := strconv.Unquote(rest)
+			if err != nil {
+				t.Fatalf("round %d: bad log line %q", cr.round, line)
+			}
+			cr.closeErr = &s
+		default:
+			t.Fatalf("round %d: bad log line %q", cr.round, line)
+		}
+	}
+	if cr.openFailed != "" {
+		t.Errorf("round %d: the child could not open the spool: %s", cr.round, cr.openFailed)
+	}
+}
+
+// crashReport says whether an error reported after a kill is one a kill may cause: a torn
+// tail of the newest segment (cut at open), or, unless -crash.strict, a segment directory
+// without its WAL file. The latter is what a kill leaves in the middle of deleting a
+// consumed segment (os.RemoveAll removes the files, then the directory) or of creating one
+// (tidwall/wal makes the directory before the file); the spool takes it for damage, counts
+// it in Corrupt and keeps it as NAME.bad forever. It holds no undelivered record, so the
+// tests only log it; the fix (delete by renaming to a .tmp name first, drop empty segment
+// directories at open) is in the crash test report.
+func crashReport(t *testing.T, e string) bool {
+	t.Helper()
+	if strings.Contains(e, "torn or garbage tail") {
+		return true
+	}
+	if !*crashStrictFlag && strings.Contains(e, "segment set aside") &&
+		strings.Contains(e, fzWAL+": no such file or directory") {
+		t.Logf("KNOWN ISSUE: a segment directory left by the kill without its WAL file is reported as damage: %s", e)
+		return true
+	}
+	return false
+}
+
+// crashReopen opens dir between rounds, as a restarted process would, and closes it again.
+func crashReopen(t *testing.T, dir string, buffer, round int) Stats {
+	t.Helper()
+	var errs []string
+	var mu sync.Mutex
+	c, err := New(dir, make(chan string), String, WithBuffer(buffer), WithErrorHandler(func(err error) {
+		mu.Lock()
+		errs = append(errs, err.Error())
+		mu.Unlock()
+	}))
+	if err != nil {
+		t.Errorf("round %d: reopen after the kill: %v", round, err)
+		return Stats{}
+	}
+	s := c.Stats()
+	if err := c.Close(); err != nil {
+		t.Errorf("round %d: Close after reopen: %v", round, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, e := range errs {
+		// After a kill the only damage is a torn tail of the newest segment.
+		if !crashReport(t, e) {
+			t.Errorf("round %d: reopen reported %s", round, e)
+		}
+	}
+	return s
+}
+
+// crashDrain opens dir with src closed and receives everything until Out closes.
+func crashDrain(t *testing.T, dir string) ([]string, Stats, []string) {
+	t.Helper()
+	var errs []string
+	var mu sync.Mutex
+	src := make(chan string)
+	close(src)
+	c, err := New(dir, src, String, WithErrorHandler(func(err error) {
+		mu.Lock()
+		errs = append(errs, err.Error())
+		mu.Unlock()
+	}))
+	if err != nil {
+		t.Fatalf("final open: %v", err)
+	}
+	got, closed := drain(c.Out(), 30*time.Second)
+	if !closed {
+		t.Errorf("final drain: Out not closed after %d messages; stats %+v", len(got), c.Stats())
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("final Close: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return got, c.Stats(), slices.Clone(errs)
+}
+
+// crashCheck checks the union of what the children received and what the final drain
+// delivered against what the children stored. allowance is how many owed messages one
+// kill may legitimately cost (messages handed to Out that nobody received, and the one a
+// consumer received but had not yet written down).
+func crashCheck(t *testing.T, rounds []*crashRound, final []string, allowance int) {
+	t.Helper()
+	byRound := map[int]*crashRound{}
+	for _, r := range rounds {
+		byRound[r.round] = r
+	}
+	// Nothing false.
+	seen := map[string]int{}  // id -> sessions that delivered it
+	first := map[string]int{} // id -> index of the first session that delivered it
+	var foreign []string
+	sessions := make([][]string, 0, len(rounds)+1)
+	for _, r := range rounds {
+		sessions = append(sessions, r.recv)
+	}
+	sessions = append(sessions, final)
+	for si, got := range sessions {
+		inSession := map[string]bool{}
+		for _, m := range got {
+			r, s, ok := crashParse(m)
+			if cr := byRound[r]; !ok || cr == nil || s >= cr.reserved {
+				if len(foreign) < 5 {
+					foreign = append(foreign, m)
+				}
+				continue
+			}
+			if inSession[m] {
+				t.Errorf("session %d delivered %q twice (duplicates within one process are never allowed)", si, m)
+				continue
+			}
+			inSession[m] = true
+			if seen[m] == 0 {
+				first[m] = si
+			}
+			seen[m]++
+		}
+	}
+	if len(foreign) > 0 {
+		t.Errorf("messages that were never sent came out, e.g. %q", foreign)
+	}
+
+	// Everything owed came out.
+	totalMissing, totalOwed := 0, 0
+	for _, r := range rounds {
+		var missing []int
+		for s := 0; s < r.need(); s++ {
+			if seen[crashMsg(r.round, s)] == 0 && seen[crashNoisy(r.round, s)] == 0 {
+				missing = append(missing, s)
+			}
+		}
+		totalOwed += r.need()
+		totalMissing += len(missing)
+		if len(missing) > allowance {
+			t.Logf("round %d: %d of the %d owed ids missing, e.g. %v", r.round, len(missing), r.need(), missing[:min(5, len(missing))])
+		}
+	}
+	if totalMissing > allowance*len(rounds) {
+		t.Errorf("%d owed messages lost in %d kills (at most %d per kill allowed: Out's buffer and the consumer's hand)",
+			totalMissing, len(rounds), allowance)
+	}
+
+	// Duplicates: only messages refilled by a killed session since its last checkpoint.
+	dups := make([]int, len(sessions))
+	for m, n := range seen {
+		if n > 1 {
+			dups[first[m]] += n - 1
+		}
+	}
+	totalDups := 0
+	for i, r := range rounds {
+		totalDups += dups[i]
+		bound := crashDupBound(r)
+		if dups[i] > 0 {
+			t.Logf("round %d: %d of its deliveries came out again (bound: %d)", r.round, dups[i], bound)
+		}
+		if dups[i] > bound {
+			t.Errorf("round %d: %d messages it received came out again later; it refilled only %d in the last checkpoint window",
+				r.round, dups[i], bound)
+		}
+	}
+	if dups[len(rounds)] != 0 {
+		t.Errorf("the final drain's messages came out twice: %d", dups[len(rounds)])
+	}
+	t.Logf("owed %d, missing %d (allowance %d per kill), duplicates across sessions %d, delivered %d distinct",
+		totalOwed, totalMissing, allowance, totalDups, len(seen))
+}
+
+// crashDupBound is how many of a killed session's deliveries may come out again: what it
+// refilled since its last cursor checkpoint (at most crashCkpt before the kill, earlier if
+// a segment boundary came), plus what was refilled after the last progress line.
+func crashDupBound(r *crashRound) int {
+	if len(r.progress) == 0 {
+		return 0
+	}
+	cutoff := r.killedAt.Add(-crashCkpt - *crashMarginFlag)
+	var base, maxStep, prev int64
+	for _, p := range r.progress {
+		if !p.at.After(cutoff) {
+			base = p.refilled
+		}
+		maxStep = max(maxStep, p.refilled-prev)
+		prev = p.refilled
+	}
+	last := r.progress[len(r.progress)-1].refilled
+	return int(last - base + 2*maxStep + 2048)
+}
+
+func crashLogRound(t *testing.T, cr *crashRound, reopen Stats) {
+	t.Helper()
+	var last crashProg
+	if len(cr.progress) > 0 {
+		last = cr.progress[len(cr.progress)-1]
+	}
+	when := "after ready"
+	if cr.early {
+		when = "after exec"
+		if cr.ready.IsZero() || cr.ready.After(cr.killedAt) {
+			when += ", before New returned"
+		}
+	}
+	t.Logf("round %2d: killed %v %s; taken %d, spilled %d, refilled %d, received %d; owed %d (time) %d (watermark); store lag <= %v; reopen: OnDisk %d, Segments %d, Corrupt %d; child errors %d",
+		cr.round, cr.delay, when, last.handed, last.spilled, last.refilled, len(cr.recv), cr.needTime, cr.needMark,
+		cr.storeLag().Round(time.Millisecond), reopen.OnDisk, reopen.Segments, reopen.Corrupt, len(cr.errs))
+}
+
+func crashScenario(t *testing.T, cc crashCase, allowance int) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	work := t.TempDir()
+	seed := crashSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	start := time.Now()
+	var rounds []*crashRound
+	for r := 0; r < cc.rounds; r++ {
+		cr := crashRun(t, cc, dir, work, r, seed, rng)
+		for _, e := range cr.errs {
+			if !crashReport(t, e) {
+				t.Errorf("round %d: the child reported %s", r, e)
+			}
+		}
+		st := crashReopen(t, dir, cc.buffer, r)
+		crashLogRound(t, cr, st)
+		rounds = append(rounds, cr)
+		if t.Failed() {
+			break
+		}
+	}
+	got, st, errs := crashDrain(t, dir)
+	for _, e := range errs {
+		t.Errorf("final drain reported %s", e)
+	}
+	t.Logf("%d rounds in %v; final drain: %d messages, stats %+v", len(rounds), time.Since(start), len(got), st)
+	if st.OnDisk != 0 || st.Segments != 0 {
+		t.Errorf("after the final drain: OnDisk %d, Segments %d", st.OnDisk, st.Segments)
+	}
+	crashCheck(t, rounds, got, allowance)
+}
+
+// TestCrashSpillSIGKILL: children spill with no consumer and are killed at random moments,
+// many times on one directory.
+func TestCrashSpillSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	for _, cc := range []crashCase{
+		{name: "never/buffer0", sync: "never", buffer: 0, segSize: 256 << 10, rounds: crashRounds(10)},
+		{name: "always/buffer0", sync: "always", buffer: 0, segSize: 256 << 10, rounds: crashRounds(10)},
+		{name: "every50ms/buffer8", sync: "every50ms", buffer: 8, segSize: 1 << 20, rounds: crashRounds(8)},
+	} {
+		t.Run(cc.name, func(t *testing.T) {
+			cc.mode = "spill"
+			// With no consumer nothing is received: Out's buffer (direct or refilled, memory
+			// only at the kill) is all a kill may cost.
+			crashScenario(t, cc, cc.buffer)
+		})
+	}
+}
+
+// TestCrashWithConsumerSIGKILL: children produce and consume (the consumer stalls now and
+// then) and are killed at random moments, many times on one directory.
+func TestCrashWithConsumerSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	for _, cc := range []crashCase{
+		{name: "always/buffer0", sync: "always", buffer: 0, segSize: 256 << 10, rounds: crashRounds(10)},
+		{name: "never/buffer16", sync: "never", buffer: 16, segSize: 256 << 10, rounds: crashRounds(8)},
+	} {
+		t.Run(cc.name, func(t *testing.T) {
+			cc.mode = "consume"
+			crashScenario(t, cc, cc.buffer+1)
+		})
+	}
+}
+
+// TestCrashFileSizeLimit runs children under RLIMIT_FSIZE, so segment writes fail with
+// EFBIG: the Chan reports it (as ErrFull), does not corrupt the spool, and goes on in a new
+// segment. The first child closes gracefully, the second is killed; a parent without the
+// limit then delivers everything they stored.
+func TestCrashFileSizeLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	dir := filepath.Join(t.TempDir(), "spool")
+	work := t.TempDir()
+	seed := crashSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 9))
+	const limit = 200 << 10
+	cc := crashCase{mode: "fsize", sync: "always", buffer: 0, segSize: 1 << 20, limit: limit, n: 12000, close: true}
+	start := time.Now()
+	r0 := crashRun(t, cc, dir, work, 0, seed, rng)
+	cc.close = false
+	r1 := crashRun(t, cc, dir, work, 1, seed, rng)
+	t.Logf("child 0 (closed): %d errors, %d EFBIG; child 1 (killed %v after its 2nd EFBIG): %d errors, %d EFBIG; %v",
+		len(r0.errs), r0.efbig, r1.delay, len(r1.errs), r1.efbig, time.Since(start))
+
+	for _, cr := range []*crashRound{r0, r1} {
+		if cr.efbig == 0 {
+			t.Errorf("child %d: no EFBIG reported to the error handler; errors: %q", cr.round, cr.errs)
+		}
+		for _, e := range cr.errs {
+			f := strings.Fields(e)
+			switch {
+			case f[1] == "true" && f[2] == "true": // EFBIG, reported as ErrFull
+			case f[3] == "true" && crashReport(t, e): // the kill
+			default:
+				t.Errorf("child %d reported %s", cr.round, e)
+			}
+		}
+	}
+	if r0.closeErr == nil || *r0.closeErr != "" {
+		t.Errorf("child 0: Close: %v", r0.closeErr)
+	}
+	r0.needMark = cc.n // it closed gracefully: everything it sent is owed
+	// Segments were cut at the limit, never left with a partial record.
+	segs, _ := filepath.Glob(filepath.Join(dir, "*", "00000000000000000001"))
+	for _, p := range segs {
+		if fi, err := os.Stat(p); err == nil && fi.Size() > limit {
+			t.Errorf("%s: %d bytes, past the %d limit", p, fi.Size(), limit)
+		}
+	}
+	bad, _ := filepath.Glob(filepath.Join(dir, "*.bad"))
+	if len(bad) > 0 {
+		t.Errorf("segments set aside: %v", bad)
+	}
+	t.Logf("%d segments", len(segs))
+
+	got, st, errs := crashDrain(t, dir)
+	for _, e := range errs {
+		if !crashReport(t, e) { // the kill may have torn a write
+			t.Errorf("final drain reported %s", e)
+		}
+	}
+	if st.Corrupt > 1 {
+		t.Errorf("final drain: Corrupt %d", st.Corrupt)
+	}
+	t.Logf("final drain: %d messages, stats %+v", len(got), st)
+	crashCheck(t, []*crashRound{r0, r1}, got, 0)
+	// The graceful child's messages exactly once.
+	n := 0
+	for _, m := range got {
+		if r, _, _ := crashParse(m); r == 0 {
+			n++
+		}
+	}
+	if n != cc.n {
+		t.Errorf("the closed child's messages: %d delivered, want %d", n, cc.n)
+	}
+}
+
+// TestCrashTornTailOnFullDisk: a process killed mid-write leaves a torn tail, and the disk
+// is full when the spool is opened again (the usual moment for a crash, and what a
+// restart loop meets). Open must still deliver every whole record: the evidence of the
+// torn tail may not fit, but that is no reason to withhold the good records before it.
+func TestCrashTornTailOnFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v: %s", err, out)
+	}
+	defer exec.Command("umount", mnt).Run()
+	dir := filepath.Join(mnt, "spool")
+
+	// A spool of one segment, as a killed process leaves it: no meta (it was never
+	// sealed), the last record cut in the middle.
+	src := make(chan string)
+	c, err := New(dir, src, String, WithBuffer(0), WithSync(SyncNever), WithBatchBytes(16<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	for i := range n {
+		src <- crashNoisy(0, i)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs := fzSegs(dir)
+	if len(segs) != 1 {
+		t.Fatalf("want one segment, have %v", segs)
+	}
+	seg := filepath.Join(dir, fmt.Sprintf("%020d", segs[0]))
+	recs := fzParseWAL(t, filepath.Join(seg, fzWAL), segs[0])
+	if len(recs) < 3 {
+		t.Fatalf("%d records, want at least 3", len(recs))
+	}
+	last := recs[len(recs)-1]
+	if err := os.Truncate(filepath.Join(seg, fzWAL), (last.off+last.end)/2); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(seg, "meta")); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, r := range recs[:len(recs)-1] {
+		want = append(want, r.msgs...)
+	}
+
+	// Fill the disk.
+	filler, err := os.Create(filepath.Join(mnt, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 4<<10)
+	for {
+		if _, err := filler.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	filler.Close()
+
+	var mu sync.Mutex
+	var reports []string
+	src2 := make(chan string)
+	close(src2)
+	c, err = New(dir, src2, String, WithErrorHandler(func(err error) {
+		mu.Lock()
+		reports = append(reports, err.Error())
+		mu.Unlock()
+	}))
+	if err != nil {
+		t.Fatalf("New on a full disk with a torn tail: %v", err)
+	}
+	got, closed := drain(c.Out(), 10*time.Second)
+	if !closed {
+		t.Errorf("Out not closed")
+	}
+	// The cursor could not be saved on the full disk (Out closed after the spool was
+	// closed): that, and only that, may be reported.
+	if err := c.Close(); err != nil && !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("Close: %v", err)
+	}
+	os.Remove(filepath.Join(mnt, "filler"))
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d of %d messages delivered; %d reports, the first: %q", len(got), len(want), len(reports), reports[:min(2, len(reports))])
+	checkSame(t, "whole records before the torn tail", want, got)
+}

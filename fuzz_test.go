@@ -1,0 +1,682 @@
+package pelichan
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pelichan/pelichan/segment"
+)
+
+// FuzzRecovery damages a spool written by a Chan in fuzzer-chosen ways, then opens it with
+// New and drains it (src closed): never a panic or a hang, never a message that was not
+// written, and every record the damage did not touch delivered; the damage to a record that
+// is read is reported, and the recovered spool opens again empty.
+//
+// The fuzz input is a list of operations (see fzApply): truncate a file, flip a byte,
+// append garbage or zeros, overwrite a range with zeros, delete a file or a segment
+// directory, copy a segment directory under another 20-digit name, write a valid cursor
+// pointing anywhere, or write garbage as the cursor.
+func FuzzRecovery(f *testing.F) {
+	pr := fzPristineSpool(f)
+	f.Logf("pristine spool: %d messages written, %d records in %d segments on disk, cursor %+v",
+		len(pr.written), len(pr.recs), len(pr.segs), pr.cursor)
+
+	// Seeds: op byte, then its arguments (selectors, little-endian offsets, data). Files are
+	// selected in sorted order: segment files first (WAL, meta, per segment), then FORMAT,
+	// LOCK, cursor; the pristine cursor lies in the first segment on disk.
+	f.Add([]byte{})                                                 // no damage
+	f.Add([]byte{0, 4, 40, 0})                                      // truncate a WAL file
+	f.Add([]byte{1, 0, 0x2c, 0x01, 0x10})                           // flip a byte in the cursor's segment
+	f.Add([]byte{2, 12, 8, 'g', 'a', 'r', 'b', 'a', 'g', 'e', '!'}) // garbage appended
+	f.Add([]byte{3, 12, 0x10, 0})                                   // zeros appended
+	f.Add([]byte{4, 2})                                             // a WAL file deleted
+	f.Add([]byte{4, 16})                                            // the cursor deleted
+	f.Add([]byte{5, 1})                                             // a segment directory deleted
+	f.Add([]byte{6, 2, 3})                                          // a segment copied behind
+	f.Add([]byte{6, 0, 0xfd})                                       // a segment copied in front
+	f.Add([]byte{7, 1, 0, 3, 2})                                    // a valid cursor elsewhere
+	f.Add([]byte{7, 0, 0x7f, 1, 0})                                 // a cursor past the end
+	f.Add([]byte{8, 4, 0x00, 0x02, 0x00, 0x05})                     // zeros over records
+	f.Add([]byte{9, 5, 'x', 'y', 'z', 'w', 'v'})                    // garbage cursor
+	f.Add([]byte{1, 14, 0, 0, 1})                                   // FORMAT damaged: refused
+	f.Add([]byte{5, 0, 1, 0, 0, 10, 0x01, 2, 3, 3, 'a', 'b', 'c'})
+	// A stretch of zeros over two records in front of the cursor.
+	f.Add([]byte{7, 0, 0, 4, 0, 8, 0, 100, 0, 0x58, 0x02})
+	f.Add([]byte{7, 0, 0, 4, 0, 4, 1, 8, 0, 100, 0, 0x58, 0x02})                   // ... and the segment's meta deleted
+	f.Add([]byte{7, 0, 0, 4, 0, 5, 1, 5, 1, 5, 1, 5, 1, 8, 0, 100, 0, 0x58, 0x02}) // ... in the newest segment
+	// Found by fuzzing: the record at the cursor (which skips 48 messages of it) damaged:
+	// the skip was applied to the next record instead.
+	f.Add([]byte("92\x00\x0000"))
+	f.Add([]byte{7, 0, 0, 20, 12, 1, 0, 0x10, 0x0e, 0x01}) // the same with cursor {first, 20, 12}
+	// Found by fuzzing: zeros over the two records in front of a cursor with a message
+	// offset, in a segment without meta: the offset was applied to the wrong record.
+	f.Add([]byte("92\x00\x040\"B0002X"))
+	// Found by fuzzing: the same zeros in a sealed segment whose count from sealing is
+	// fooled by garbage appended behind its last record.
+	f.Add([]byte{2, 0, 1, '0', '0', 8, 0, 0xd6, 0x00, 0x30, 0x01})
+
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		dir := filepath.Join(t.TempDir(), "spool")
+		fzCopyDir(t, pr.dir, dir)
+		st := fzApply(t, pr, dir, ops)
+		fzCheck(t, pr, dir, st)
+	})
+}
+
+// ---- the pristine spool ----------------------------------------------------------------------
+
+// fzRec is one record of a segment file, as the Chan wrote it.
+type fzRec struct {
+	seg      uint64
+	index    uint64 // 1-based entry index in its segment
+	off, end int64  // byte range of the framed entry (uvarint length and record)
+	msgs     []string
+}
+
+const fzWAL = "00000000000000000001"
+
+// fzCursor mirrors the spool's cursor file (documented in the spool package): "pcur",
+// version 1, three zero bytes, seg u64, index u64, offset u32, CRC-32C of bytes 0..28.
+type fzCursor struct {
+	Seg, Index uint64
+	Offset     uint32
+}
+
+var fzCastagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func fzEncodeCursor(c fzCursor) []byte {
+	b := make([]byte, 32)
+	copy(b, "pcur")
+	b[4] = 1
+	binary.LittleEndian.PutUint64(b[8:], c.Seg)
+	binary.LittleEndian.PutUint64(b[16:], c.Index)
+	binary.LittleEndian.PutUint32(b[24:], c.Offset)
+	binary.LittleEndian.PutUint32(b[28:], crc32.Checksum(b[:28], fzCastagnoli))
+	return b
+}
+
+func fzDecodeCursor(b []byte) (fzCursor, bool) {
+	if len(b) != 32 || string(b[:4]) != "pcur" || b[4] != 1 ||
+		crc32.Checksum(b[:28], fzCastagnoli) != binary.LittleEndian.Uint32(b[28:]) {
+		return fzCursor{}, false
+	}
+	return fzCursor{binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:]),
+		binary.LittleEndian.Uint32(b[24:])}, true
+}
+
+// fzParseWAL reads a segment file written by the library: tidwall/wal's binary framing
+// (uvarint length, then the record) around segment records.
+func fzParseWAL(tb testing.TB, path string, seq uint64) []fzRec {
+	tb.Helper()
+	buf, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := segment.NewReader()
+	defer r.Close()
+	var out []fzRec
+	for pos, index := 0, uint64(1); pos < len(buf); index++ {
+		size, k := binary.Uvarint(buf[pos:])
+		if k <= 0 || size > uint64(len(buf)-pos-k) {
+			tb.Fatalf("%s: bad framing at %d", path, pos)
+		}
+		rec := buf[pos+k : pos+k+int(size)]
+		b, err := r.Decode(rec)
+		if err != nil {
+			tb.Fatalf("%s: record %d at %d: %v", path, index, pos, err)
+		}
+		fr := fzRec{seg: seq, index: index, off: int64(pos), end: int64(pos + k + int(size))}
+		for i := 0; i < b.Count; i++ {
+			fr.msgs = append(fr.msgs, string(b.Message(i)))
+		}
+		out = append(out, fr)
+		pos = int(fr.end)
+	}
+	return out
+}
+
+type fzPristine struct {
+	dir     string
+	written map[string]bool // every message the Chan wrote
+	recs    []fzRec         // the records on disk, by segment and index
+	segs    []uint64
+	cursor  fzCursor
+	format  []byte
+}
+
+const (
+	fzMessages = 2000
+	fzConsumed = 700 // delivered before Close: the cursor sits inside a middle segment
+)
+
+func fzMsg(i int) string {
+	return fmt.Sprintf("fz-%05d-%08x", i, uint32(i)*2654435761)
+}
+
+// fzPristineSpool builds, once per process (the fuzz function body runs once in each
+// worker), a spool with a Chan: fzMessages unique short messages spilled with a stalled
+// consumer into tiny segments, then fzConsumed of them received, then Close.
+func fzPristineSpool(f *testing.F) *fzPristine {
+	return fzBuild(f, filepath.Join(f.TempDir(), "pristine"))
+}
+
+func fzBuild(f *testing.F, dir string) *fzPristine {
+	// Deterministic, so that every fuzz worker builds the same files and an input means the
+	// same damage everywhere: batches of exactly 16 messages (the least a batch holds;
+	// WithBatchBytes is too small to ask for more), one batch stored before the next is sent
+	// (two compressors could store them in either order), the last one flushed by linger.
+	src := make(chan string)
+	c, err := New(dir, src, String, WithBuffer(0), WithSegmentSize(4<<10), WithBatchBytes(64),
+		WithSync(SyncNever), WithLinger(5*time.Millisecond))
+	if err != nil {
+		f.Fatal(err)
+	}
+	pr := &fzPristine{dir: dir, written: map[string]bool{}}
+	for i := range fzMessages {
+		m := fzMsg(i)
+		src <- m
+		pr.written[m] = true
+		if (i+1)%16 != 0 && i+1 != fzMessages {
+			continue
+		}
+		for deadline := time.Now().Add(20 * time.Second); c.Stats().InMemory != 0; {
+			if time.Now().After(deadline) {
+				f.Fatalf("spill did not finish: %+v", c.Stats())
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	for range fzConsumed {
+		select {
+		case <-c.Out():
+		case <-time.After(10 * time.Second):
+			f.Fatalf("refill stalled: %+v", c.Stats())
+		}
+	}
+	if err := c.Close(); err != nil {
+		f.Fatal(err)
+	}
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, e := range names {
+		if isSegDir(e.Name()) {
+			seq, _ := strconv.ParseUint(e.Name(), 10, 64)
+			pr.segs = append(pr.segs, seq)
+			pr.recs = append(pr.recs, fzParseWAL(f, filepath.Join(dir, e.Name(), fzWAL), seq)...)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "cursor"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	var ok bool
+	if pr.cursor, ok = fzDecodeCursor(b); !ok {
+		f.Fatalf("cursor file %x does not decode", b)
+	}
+	if pr.format, err = os.ReadFile(filepath.Join(dir, "FORMAT")); err != nil {
+		f.Fatal(err)
+	}
+	if len(pr.segs) < 4 || pr.cursor.Seg == pr.segs[0] && pr.cursor.Index <= 1 {
+		f.Fatalf("pristine spool too simple: segments %v, cursor %+v", pr.segs, pr.cursor)
+	}
+	// Every message not yet delivered is on disk exactly once.
+	n := 0
+	for _, r := range pr.recs {
+		n += len(r.msgs)
+	}
+	if n < fzMessages-fzConsumed {
+		f.Fatalf("%d messages on disk, want at least %d", n, fzMessages-fzConsumed)
+	}
+	return pr
+}
+
+func fzCopyDir(tb testing.TB, from, to string) {
+	tb.Helper()
+	err := filepath.WalkDir(from, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, p)
+		dst := filepath.Join(to, rel)
+		if d.IsDir() {
+			return os.MkdirAll(dst, 0o750)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, 0o640)
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// fzFiles lists the regular files under dir, relative, sorted.
+func fzFiles(dir string) []string {
+	var out []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			rel, _ := filepath.Rel(dir, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}
+
+// fzSegs lists the segment directories under dir, by number.
+func fzSegs(dir string) []uint64 {
+	var out []uint64
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.IsDir() && isSegDir(e.Name()) {
+			seq, _ := strconv.ParseUint(e.Name(), 10, 64)
+			out = append(out, seq)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ---- damage ------------------------------------------------------------------------------
+
+type fzInput struct{ b []byte }
+
+func (in *fzInput) byte() byte {
+	if len(in.b) == 0 {
+		return 0
+	}
+	v := in.b[0]
+	in.b = in.b[1:]
+	return v
+}
+
+func (in *fzInput) u16() int { return int(in.byte()) | int(in.byte())<<8 }
+
+func (in *fzInput) bytes(n int) []byte {
+	n = min(n, len(in.b))
+	v := in.b[:n]
+	in.b = in.b[n:]
+	return v
+}
+
+// fzState is what the damage did.
+type fzState struct {
+	log        []string
+	touched    map[[2]uint64]bool // records (seg, index) whose bytes were changed or removed
+	flipped    map[[2]uint64]bool // records changed in place (still there, damaged)
+	gone       map[uint64]bool    // original segments deleted (directory or file)
+	duplicated bool
+	format     bool // FORMAT changed
+}
+
+// fzApply applies the operations encoded in ops to the spool in dir.
+func fzApply(t *testing.T, pr *fzPristine, dir string, ops []byte) *fzState {
+	st := &fzState{touched: map[[2]uint64]bool{}, flipped: map[[2]uint64]bool{}, gone: map[uint64]bool{}}
+	orig := map[uint64]bool{}
+	for _, s := range pr.segs {
+		orig[s] = true
+	}
+	// recsOf returns the original records of the file rel (nil for any other file).
+	recsOf := func(rel string) []fzRec {
+		segName, base := filepath.Split(rel)
+		segName = strings.TrimSuffix(segName, "/")
+		seq, err := strconv.ParseUint(segName, 10, 64)
+		if base != fzWAL || !isSegDir(segName) || err != nil || !orig[seq] || st.gone[seq] {
+			return nil
+		}
+		var out []fzRec
+		for _, r := range pr.recs {
+			if r.seg == seq {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	touch := func(r fzRec) { st.touched[[2]uint64{r.seg, r.index}] = true }
+	in := &fzInput{ops}
+	for n := 0; len(in.b) > 0 && n < 12; n++ {
+		op := in.byte() % 10
+		files := fzFiles(dir)
+		segs := fzSegs(dir)
+		var rel string
+		if op <= 4 || op == 8 {
+			if len(files) == 0 {
+				continue
+			}
+			rel = files[int(in.byte())%len(files)]
+		}
+		p := filepath.Join(dir, rel)
+		var size int64
+		if fi, err := os.Stat(p); err == nil {
+			size = fi.Size()
+		}
+		switch op {
+		case 0: // truncate
+			at := int64(in.u16()) % (size + 1)
+			if err := os.Truncate(p, at); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range recsOf(rel) {
+				if r.end > at {
+					touch(r)
+					delete(st.flipped, [2]uint64{r.seg, r.index}) // gone now, not damaged
+				}
+			}
+			st.log = append(st.log, fmt.Sprintf("truncate %s at %d of %d", rel, at, size))
+		case 1: // flip bits of one byte
+			if size == 0 {
+				continue
+			}
+			at := int64(in.u16()) % size
+			mask := in.byte() | 0x01
+			b, _ := os.ReadFile(p)
+			b[at] ^= mask
+			fzWrite(t, p, b)
+			for _, r := range recsOf(rel) {
+				if r.off <= at && at < r.end {
+					touch(r)
+					st.flipped[[2]uint64{r.seg, r.index}] = true
+				}
+			}
+			st.log = append(st.log, fmt.Sprintf("flip %s[%d] ^= %#x", rel, at, mask))
+		case 2: // append garbage
+			data := in.bytes(int(in.byte())%64 + 1)
+			fzAppend(t, p, data)
+			st.log = append(st.log, fmt.Sprintf("append %q to %s", data, rel))
+		case 3: // append zeros
+			k := in.u16()%8192 + 1
+			fzAppend(t, p, make([]byte, k))
+			st.log = append(st.log, fmt.Sprintf("append %d zeros to %s", k, rel))
+		case 4: // delete a file
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if rs := recsOf(rel); len(rs) > 0 {
+				st.gone[rs[0].seg] = true
+			}
+			st.log = append(st.log, "delete "+rel)
+		case 5: // delete a segment directory
+			if len(segs) == 0 {
+				continue
+			}
+			seq := segs[int(in.byte())%len(segs)]
+			if err := os.RemoveAll(filepath.Join(dir, fmt.Sprintf("%020d", seq))); err != nil {
+				t.Fatal(err)
+			}
+			if orig[seq] {
+				st.gone[seq] = true
+			}
+			st.log = append(st.log, fmt.Sprintf("delete segment %d", seq))
+		case 6: // copy a segment directory under another number
+			if len(segs) == 0 {
+				continue
+			}
+			from := segs[int(in.byte())%len(segs)]
+			to := from + uint64(int64(int8(in.byte())))
+			if to == from || orig[to] || slices.Contains(segs, to) {
+				continue
+			}
+			fzCopyDir(t, filepath.Join(dir, fmt.Sprintf("%020d", from)), filepath.Join(dir, fmt.Sprintf("%020d", to)))
+			st.duplicated = true
+			st.log = append(st.log, fmt.Sprintf("copy segment %d to %d", from, to))
+		case 7: // a valid cursor pointing anywhere
+			var base uint64
+			if len(segs) > 0 {
+				base = segs[int(in.byte())%len(segs)]
+			}
+			c := fzCursor{Seg: base + uint64(int64(int8(in.byte()))), Index: uint64(in.byte()), Offset: uint32(in.byte())}
+			fzWrite(t, filepath.Join(dir, "cursor"), fzEncodeCursor(c))
+			st.log = append(st.log, fmt.Sprintf("cursor := %+v", c))
+		case 8: // overwrite a range with zeros (a lost page)
+			if size == 0 {
+				continue
+			}
+			at := int64(in.u16()) % size
+			k := int64(in.u16()%4096 + 1)
+			b, _ := os.ReadFile(p)
+			end := min(at+k, size)
+			for _, r := range recsOf(rel) {
+				lo, hi := max(r.off, at), min(r.end, end)
+				if lo < hi && slices.ContainsFunc(b[lo:hi], func(c byte) bool { return c != 0 }) {
+					touch(r)
+					st.flipped[[2]uint64{r.seg, r.index}] = true
+				}
+			}
+			clear(b[at:end])
+			fzWrite(t, p, b)
+			st.log = append(st.log, fmt.Sprintf("zero %s[%d:%d]", rel, at, end))
+		case 9: // garbage as the cursor
+			data := in.bytes(int(in.byte()) % 40)
+			fzWrite(t, filepath.Join(dir, "cursor"), data)
+			st.log = append(st.log, fmt.Sprintf("cursor := %q", data))
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "FORMAT")); err != nil || !bytes.Equal(b, pr.format) {
+		st.format = true
+	}
+	// A record flipped in place and later cut off or deleted is gone, not damaged.
+	for k := range st.flipped {
+		if st.gone[k[0]] {
+			delete(st.flipped, k)
+		}
+	}
+	return st
+}
+
+func fzWrite(tb testing.TB, p string, b []byte) {
+	tb.Helper()
+	if err := os.WriteFile(p, b, 0o640); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func fzAppend(tb testing.TB, p string, data []byte) {
+	tb.Helper()
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// ---- the oracle -------------------------------------------------------------------------------
+
+// fzOwed returns the messages that must come out: those of every untouched record at or
+// after the cursor the spool will use. The spool's documented rules: a missing or damaged
+// cursor, or one past the last segment, means the first segment; a cursor into a missing
+// segment means the start of the next one.
+func fzOwed(pr *fzPristine, dir string, st *fzState) (owed []string, cur fzCursor, read map[[2]uint64]bool) {
+	var segs []uint64 // the segments Open will load: directories holding their WAL file
+	for _, s := range fzSegs(dir) {
+		if fi, err := os.Stat(filepath.Join(dir, fmt.Sprintf("%020d", s), fzWAL)); err == nil && fi.Mode().IsRegular() {
+			segs = append(segs, s)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "cursor"))
+	cur, ok := fzDecodeCursor(b)
+	if err != nil || !ok || (len(segs) > 0 && cur.Seg > segs[len(segs)-1]) {
+		cur = fzCursor{Index: 1}
+		if len(segs) > 0 {
+			cur.Seg = segs[0]
+		}
+	}
+	cur.Index = max(cur.Index, 1)
+	read = map[[2]uint64]bool{}
+	for _, r := range pr.recs {
+		k := [2]uint64{r.seg, r.index}
+		if !slices.Contains(segs, r.seg) || st.gone[r.seg] {
+			continue
+		}
+		var from int
+		switch {
+		case r.seg > cur.Seg, r.seg == cur.Seg && r.index > cur.Index:
+			from = 0
+		case r.seg == cur.Seg && r.index == cur.Index:
+			from = min(int(cur.Offset), len(r.msgs))
+		default:
+			continue
+		}
+		read[k] = true
+		if !st.touched[k] {
+			owed = append(owed, r.msgs[from:]...)
+		}
+	}
+	return owed, cur, read
+}
+
+func fzCheck(t *testing.T, pr *fzPristine, dir string, st *fzState) {
+	before := fzSnapshot(dir)
+	owed, cur, read := fzOwed(pr, dir, st)
+	t.Logf("damage: %q; effective cursor %+v (pristine %+v); %d messages owed", st.log, cur, pr.cursor, len(owed))
+
+	var mu sync.Mutex
+	var reports []error
+	handler := func(err error) { mu.Lock(); reports = append(reports, err); mu.Unlock() }
+	src := make(chan string)
+	close(src)
+	c, err := New(dir, src, String, WithBuffer(16), WithErrorHandler(handler), WithSync(SyncNever))
+	if st.format {
+		// FORMAT damaged: a directory that is not a spool of this version. Refused, untouched.
+		if !errors.Is(err, ErrVersion) {
+			if err == nil {
+				c.Close()
+			}
+			t.Fatalf("New with a damaged FORMAT file: %v, want ErrVersion", err)
+		}
+		if after := fzSnapshot(dir); !maps.Equal(before, after) {
+			t.Fatalf("a refused directory was changed")
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("New after damage: %v", err)
+	}
+	got, ok := fzDrain(c.Out(), 20*time.Second)
+	if !ok {
+		t.Fatalf("drain hung after %d messages; stats %+v", len(got), c.Stats())
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	stats := c.Stats()
+
+	// Nothing false; nothing twice unless a segment was copied.
+	count := map[string]int{}
+	for _, m := range got {
+		if !pr.written[m] {
+			t.Fatalf("delivered %q, which was never written", m)
+		}
+		count[m]++
+		if count[m] == 2 && !st.duplicated {
+			t.Errorf("delivered %q twice", m)
+		}
+	}
+	// Everything owed.
+	var missing []string
+	for _, m := range owed {
+		if count[m] == 0 {
+			missing = append(missing, m)
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("%d of %d owed messages not delivered, e.g. %q", len(missing), len(owed), missing[:min(4, len(missing))])
+	}
+	// Damage to a record that is read is reported, as ErrCorrupt.
+	mu.Lock()
+	reported := slices.Clone(reports)
+	mu.Unlock()
+	damagedRead := false
+	for k := range st.flipped {
+		if read[k] {
+			damagedRead = true
+		}
+	}
+	if damagedRead && stats.Corrupt == 0 {
+		t.Errorf("a record that was read was damaged, but nothing was reported: stats %+v", stats)
+	}
+	for _, err := range reported {
+		if !errors.Is(err, ErrCorrupt) {
+			t.Errorf("report %v does not wrap ErrCorrupt", err)
+		}
+	}
+	if t.Failed() {
+		t.Logf("reports: %v", reported)
+		return
+	}
+
+	// Recovered: the next open has nothing left to deliver.
+	src2 := make(chan string)
+	close(src2)
+	c, err = New(dir, src2, String, WithErrorHandler(handler))
+	if err != nil {
+		t.Fatalf("second New: %v", err)
+	}
+	again, ok := fzDrain(c.Out(), 20*time.Second)
+	if !ok {
+		t.Fatalf("second drain hung")
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if len(again) > 0 {
+		t.Errorf("a second open after a full drain delivered %d messages again, e.g. %q", len(again), again[0])
+	}
+}
+
+// fzDrain receives until Out closes, failing (false) after timeout.
+func fzDrain(out <-chan string, timeout time.Duration) ([]string, bool) {
+	var got []string
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		select {
+		case m, ok := <-out:
+			if !ok {
+				return got, true
+			}
+			got = append(got, m)
+		case <-deadline.C:
+			return got, false
+		}
+	}
+}
+
+// fzSnapshot maps every file under dir to its content.
+func fzSnapshot(dir string) map[string]string {
+	out := map[string]string{}
+	for _, rel := range fzFiles(dir) {
+		b, _ := os.ReadFile(filepath.Join(dir, rel))
+		out[rel] = string(b)
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.IsDir() {
+			out[e.Name()+"/"] = ""
+		}
+	}
+	return out
+}
