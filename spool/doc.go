@@ -61,7 +61,13 @@
 //     loss); a cursor past the last segment is reported and treated the same way; a cursor
 //     into a deleted segment means the start of the next one;
 //   - segments wholly before the cursor (whose deletion had not reached the disk) are
-//     deleted, and an interrupted Front is completed.
+//     deleted (by renaming to *.tmp first, so a kill never leaves half a segment), and an
+//     interrupted Front is completed;
+//   - the cursor names an entry by its index, and damage in front of it can change how
+//     many entries a scan finds: where the scan in front of the cursor is not exactly one
+//     intact entry per index, or entries are missing against the sealed count, reading
+//     resumes right after the first such stretch, without the message offset (duplicates,
+//     never loss); a message offset applies only to the entry it was recorded for.
 //
 // New records always go to a new segment: the newest one found at Open is never appended
 // to again.
