@@ -120,23 +120,36 @@ func (c *Chan[T]) compress() {
 	for b := range c.writeCh {
 		w.SetTime(time.Now().UnixNano())
 		for _, v := range b {
-			encode := func(dst []byte) ([]byte, error) { return c.codec.Encode(dst, v) }
-			_, err := w.Add(encode)
-			if errors.Is(err, segment.ErrTooLarge) && w.Len() > 0 {
-				emit(false)
-				_, err = w.Add(encode)
-			}
-			if err != nil {
-				if !errors.Is(err, segment.ErrTooLarge) {
-					err = fmt.Errorf("%w: encode: %w", ErrCodec, err)
-				}
-				c.disk.update(func(s *diskStats) { s.s.Dropped++; s.dropSrc++ })
-				c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: message refused: %w", err))
-			}
+			c.encodeInto(w, v, func() { emit(false) }, true)
 		}
 		c.recycle(b)
 		emit(true)
 	}
+}
+
+// encodeInto adds v to w. If v does not fit beside what w holds, flush writes w's record
+// out (and resets w) and v is tried again. A message the codec cannot encode, or one too
+// large, is counted as dropped (fromSrc: against src's accounting too) and reported.
+func (c *Chan[T]) encodeInto(w *segment.Writer, v T, flush func(), fromSrc bool) {
+	encode := func(dst []byte) ([]byte, error) { return c.codec.Encode(dst, v) }
+	_, err := w.Add(encode)
+	if errors.Is(err, segment.ErrTooLarge) && w.Len() > 0 {
+		flush()
+		_, err = w.Add(encode)
+	}
+	if err == nil {
+		return
+	}
+	if !errors.Is(err, segment.ErrTooLarge) {
+		err = fmt.Errorf("%w: encode: %w", ErrCodec, err)
+	}
+	c.disk.update(func(s *diskStats) {
+		s.s.Dropped++
+		if fromSrc {
+			s.dropSrc++
+		}
+	})
+	c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: message refused: %w", err))
 }
 
 // recycle clears a batch slice (so the GC can have its messages) and returns it to the pool.
@@ -542,22 +555,13 @@ func (c *Chan[T]) storeFront(d *diskState[T], msgs []T) error {
 	w.SetTime(time.Now().UnixNano())
 	var recs [][]byte
 	stored := 0
+	flush := func() {
+		stored += w.Len()
+		recs = append(recs, append([]byte(nil), w.Record()...))
+		w.Reset()
+	}
 	for _, v := range msgs {
-		encode := func(dst []byte) ([]byte, error) { return c.codec.Encode(dst, v) }
-		_, err := w.Add(encode)
-		if errors.Is(err, segment.ErrTooLarge) && w.Len() > 0 {
-			stored += w.Len()
-			recs = append(recs, append([]byte(nil), w.Record()...))
-			w.Reset()
-			_, err = w.Add(encode)
-		}
-		if err != nil {
-			if !errors.Is(err, segment.ErrTooLarge) {
-				err = fmt.Errorf("%w: encode: %w", ErrCodec, err)
-			}
-			c.disk.update(func(s *diskStats) { s.s.Dropped++ })
-			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: message refused: %w", err))
-		}
+		c.encodeInto(w, v, flush, false)
 	}
 	n := w.Len()
 	if n > 0 {
