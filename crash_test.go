@@ -893,14 +893,7 @@ func TestCrashFileSizeLimit(t *testing.T) {
 // restart loop meets). Open must still deliver every whole record: the evidence of the
 // torn tail may not fit, but that is no reason to withhold the good records before it.
 func TestCrashTornTailOnFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v: %s", err, out)
-	}
-	defer exec.Command("umount", mnt).Run()
+	mnt := mountTmpfs(t, "1m")
 	dir := filepath.Join(mnt, "spool")
 
 	// A spool of one segment, as a killed process leaves it: no meta (it was never

@@ -306,13 +306,13 @@ func (c *Chan[T]) store(d *diskState[T], e encoded) error {
 		err := c.append(d, e.rec)
 		if errors.Is(err, ErrFull) && c.opts.whenFull == DropNewest {
 			c.disk.update(func(s *diskStats) { s.s.Dropped += int64(e.n); s.dropSrc += int64(e.n) })
-			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %d messages dropped (drop-newest): %w", e.n, err))
+			c.disk.report(c.opts.errorHandler, fmt.Errorf("%w: %d messages dropped (drop-newest)", err, e.n))
 			e.reply <- nil
 			err, e.rec = nil, nil
 		}
 		if err != nil {
 			if !d.blocked {
-				c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w (blocking; will retry)", err))
+				c.disk.report(c.opts.errorHandler, fmt.Errorf("%w (blocking; will retry)", err))
 			}
 			d.blocked = true
 			return err
@@ -514,7 +514,10 @@ func (c *Chan[T]) append(d *diskState[T], rec []byte) error {
 				err = fmt.Errorf("%w: %w", ErrFull, err)
 			}
 		}
-		if !errors.Is(err, ErrFull) || c.opts.whenFull != DropOldest {
+		if err != nil && !errors.Is(err, ErrFull) {
+			return fmt.Errorf("pelichan: %w", err)
+		}
+		if err == nil || c.opts.whenFull != DropOldest {
 			return err
 		}
 		n, ok, derr := d.sp.DropOldest()
