@@ -32,20 +32,35 @@ func fuzzState() (*Reader, *Writer, func()) {
 // panic either way.
 //
 // Random bytes almost never carry a valid CRC, so each input is also decoded with its CRC
-// recomputed: that lets the fuzzer reach the header field checks, zstd and the framing.
+// recomputed: that lets the fuzzer reach the header field checks, zstd, S2 and the
+// framing.
 func FuzzDecode(f *testing.F) {
 	golden, err := os.ReadFile(goldenPath)
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Add(golden)
-	f.Add(encode(f, 1, [][]byte{[]byte("one")}))
-	f.Add(encode(f, 2, [][]byte{{}}))
-	f.Add(encode(f, 3, [][]byte{{}, []byte("a"), {}, []byte("bc"), {0, 0, 0, 0}}))
-	f.Add(encode(f, 4, logBatch(600))) // seeds stay small: minimizing is quadratic in size
-	f.Add(encode(f, 5, [][]byte{bytes.Repeat([]byte("repeat "), 500)}))
+	goldenS2, err := os.ReadFile(goldenPaths[S2])
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(goldenS2)
+	for _, comp := range comps {
+		f.Add(encodeComp(f, comp, 1, [][]byte{[]byte("one")}))
+		f.Add(encodeComp(f, comp, 2, [][]byte{{}}))
+		f.Add(encodeComp(f, comp, 3, [][]byte{{}, []byte("a"), {}, []byte("bc"), {0, 0, 0, 0}}))
+		f.Add(encodeComp(f, comp, 4, logBatch(600))) // seeds stay small: minimizing is quadratic in size
+		f.Add(encodeComp(f, comp, 5, [][]byte{bytes.Repeat([]byte("repeat "), 500)}))
+	}
 	f.Add(handRecord(2, 9, 6, zstdFrame(f, append(items("abc"), 'x', 'y')))) // bad framing
 	f.Add(handRecord(1, 7, 7, items("abc")))                                 // not zstd
+	magic := []byte(s2Magic)
+	f.Add(handRecordFlags(1, 2, 9, 6, cat(magic, s2Raw(append(items("abc"), 'x', 'y')))))                          // bad framing
+	f.Add(handRecordFlags(1, 1, 7, 7, items("abc")))                                                               // not S2
+	f.Add(handRecordFlags(1, 1, 7, 9, cat(magic, s2Raw(items("abc")), s2ChunkOf(0xfe, 0, nil))))                   // padding
+	f.Add(handRecordFlags(1, 2, 13, 8, cat(magic, s2Raw(items("abc")[:5]), s2Compressed(items("abc", "de")[5:])))) // message across chunks
+	f.Add(handRecordFlags(1, MaxCount, s2MaxChunk, 10, cat(magic, s2Compressed(make([]byte, s2MaxChunk)))))        // MaxCount empty messages
+	f.Add(handRecordFlags(2, 1, 7, 11, cat(magic, s2Raw(items("abc")))))                                           // unknown flags
 	f.Add(golden[:HeaderSize])
 	f.Add([]byte{})
 	f.Add([]byte("pc\x01\x00"))
@@ -90,7 +105,7 @@ func checkDecode(t *testing.T, r *Reader, rec []byte) {
 	if h != b.Header {
 		t.Fatalf("Decode header %+v, Verify header %+v", b.Header, h)
 	}
-	if b.Count < 1 || b.RawLen > MaxRawSize {
+	if b.Count < 1 || b.Count > MaxCount || b.RawLen > MaxRawSize || !b.Compression.valid() {
 		t.Fatalf("Decode accepted header %+v", b.Header)
 	}
 	total := 0
@@ -103,8 +118,8 @@ func checkDecode(t *testing.T, r *Reader, rec []byte) {
 }
 
 // FuzzRoundTrip splits the fuzzer's bytes into messages, each one a uvarint length
-// followed by that many bytes (clipped to what is left), writes them as a record and reads
-// them back.
+// followed by that many bytes (clipped to what is left), writes them as a record with each
+// compression and reads them back.
 func FuzzRoundTrip(f *testing.F) {
 	f.Add([]byte{}, int64(0))
 	f.Add([]byte{0}, int64(1))
@@ -133,27 +148,33 @@ func FuzzRoundTrip(f *testing.F) {
 
 		r, w, unlock := fuzzState()
 		defer unlock()
-		w.Reset()
-		w.SetTime(tm)
-		for _, m := range msgs {
-			if err := w.AddBytes(m); err != nil {
-				t.Fatalf("AddBytes(%d bytes): %v", len(m), err)
+		for _, comp := range comps {
+			w.Reset()
+			w.SetCompression(comp)
+			w.SetTime(tm)
+			for _, m := range msgs {
+				if err := w.AddBytes(m); err != nil {
+					t.Fatalf("AddBytes(%d bytes): %v", len(m), err)
+				}
 			}
-		}
-		if w.Len() != len(msgs) || w.Size() != rawSize(msgs) {
-			t.Fatalf("Len %d Size %d, want %d %d", w.Len(), w.Size(), len(msgs), rawSize(msgs))
-		}
-		rec := w.Record()
-		if len(msgs) == 0 {
-			if rec != nil {
-				t.Fatalf("Record of an empty batch = %d bytes, want nil", len(rec))
+			if w.Len() != len(msgs) || w.Size() != rawSize(msgs) {
+				t.Fatalf("Len %d Size %d, want %d %d", w.Len(), w.Size(), len(msgs), rawSize(msgs))
 			}
-			return
+			rec := w.Record()
+			if len(msgs) == 0 {
+				if rec != nil {
+					t.Fatalf("Record of an empty batch = %d bytes, want nil", len(rec))
+				}
+				return
+			}
+			b, err := r.Decode(rec)
+			if err != nil {
+				t.Fatalf("Decode of a Writer %v record: %v", comp, err)
+			}
+			if b.Compression != comp {
+				t.Fatalf("Decode of a Writer %v record: Compression %v", comp, b.Compression)
+			}
+			checkBatch(t, b, tm, msgs)
 		}
-		b, err := r.Decode(rec)
-		if err != nil {
-			t.Fatalf("Decode of a Writer record: %v", err)
-		}
-		checkBatch(t, b, tm, msgs)
 	})
 }
