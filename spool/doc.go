@@ -6,7 +6,7 @@
 //
 //	DIR/FORMAT                      "pelichan-spool 1\n": a spool of another version is refused (ErrVersion)
 //	DIR/LOCK                        flock'd by the opener (ErrLocked for a second one, in any process)
-//	DIR/cursor                      the read position, 32 bytes with a CRC-32C (see Cursor)
+//	DIR/cursor                      the read position, segment number marks and the owner's extra bytes, with a CRC-32C
 //	DIR/<20-digit seq>/             one segment: a tidwall/wal log directory holding
 //	    00000000000000000001        the log's only file: entries framed as uvarint length + record
 //	    meta                        counts and times, written when the segment is sealed
@@ -16,12 +16,44 @@
 // Records are segment package records. The cursor names a segment, an entry index in it and
 // how many messages of that entry were already delivered.
 //
+// # The cursor file
+//
+// Version 2, little endian, replaced atomically by Checkpoint and Close (and skipped when
+// nothing changed):
+//
+//	+--------+----+-------+-----+-------+--------+------+------+-----+-------+--------+
+//	| "pcur" | 02 | 0 0 0 | seg | index | offset | high | low  |  n  | extra | crc32c |
+//	|   4    | 1  |   3   |  8  |   8   |   4    |  8   |  8   |  4  |   n   |   4    |
+//	+--------+----+-------+-----+-------+--------+------+------+-----+-------+--------+
+//
+// seg, index and offset are the acknowledged position (Cursor); high and low the highest
+// and lowest segment numbers ever created in the directory; extra the owner's bytes
+// (SetExtra, at most MaxExtra); the CRC-32C (Castagnoli) covers every byte before it.
+// Version 1 (32 bytes: "pcur", 01, three zero bytes, seg, index, offset, CRC-32C of the
+// 28 bytes before it) is still read, as a position with no marks and no extra bytes, and
+// replaced by version 2 at the next checkpoint. These layouts are part of the on-disk
+// format.
+//
+// # Segment numbers
+//
+// A segment number is never used twice in a directory's life, so a position (segment,
+// index) names one record for good: pelichan's message IDs are built from it. New segments
+// are numbered above the high mark, front segments (see Front) below the low mark. At Open
+// the marks are the cursor file's, raised and lowered by every number found in the
+// directory (segments, and NAME.bad, NAME.*.broken, NAME.del.tmp files). Before the
+// segment with the highest (or lowest) number present is deleted while the marks last
+// written do not cover it, the cursor file is rewritten (best effort: deleting frees
+// space, and a full disk must not stop it). The residual cases: if the cursor file is lost
+// or damaged, or that rewrite failed and the process then crashed, and every segment (and
+// evidence file) numbered above some number is gone too, numbers above the highest left
+// are used again (from 1<<32 on in an empty directory).
+//
 // # Segments and deletion
 //
 // Each segment is its own wal.Log, sealed (closed and fsynced) when its file reaches
-// Options.SegmentSize; the next Append starts a new one numbered one higher. A consumed
-// segment is deleted whole with one RemoveAll. The alternative tidwall/wal allows without
-// rewriting a whole segment is one wal.Log for the spool and
+// Options.SegmentSize; the next Append starts a new one, numbered higher (see Segment
+// numbers). A consumed segment is deleted whole with one RemoveAll. The alternative
+// tidwall/wal allows without rewriting a whole segment is one wal.Log for the spool and
 // TruncateFront(firstIndexOfNextSegment-1), which rewrites one entry per deletion.
 // BenchmarkDeleteOneLogPerSegment and BenchmarkDeleteTruncateFront measured, per deleted
 // 4 MiB segment on this project's 2-core machine (median of 3): 2.0 ms and nothing
@@ -45,6 +77,24 @@
 // damage costs only the records it touches. A segment with damage is renamed NAME.bad once
 // consumed instead of being deleted.
 //
+// No file makes this cost more than a small multiple of its size: resynchronising tries
+// only the offsets just before an occurrence of the record magic, skips a candidate whose
+// length runs past the end of the file or whose header is impossible, checks each
+// candidate's CRC at most once, and checks at most 4 × the file size + 16 MiB of CRCs in
+// all (a real file needs about its size once). A file crafted to exceed that (a plausible
+// header every few bytes, each claiming megabytes) is read as far as that budget allows;
+// the rest of it is one damaged stretch, reported and kept (never cut as a torn tail). A
+// crafted 16 MiB tail opens in well under a second (TestOpenCraftedSegment).
+//
+// A segment file is read whole, so its size is checked first: a writer seals a segment
+// once it reaches SegmentSize, so it holds at most SegmentSize bytes and one record (of
+// at most segment.MaxRawSize bytes compressed: 80 MiB are allowed for it, and Append
+// refuses a larger one). A file larger than 4 × SegmentSize
+// plus the largest record (the factor leaves room for reopening with a smaller
+// SegmentSize) is damage: the segment is set aside as NAME.bad, unread, and reported. Do
+// not reopen a spool with a SegmentSize less than a quarter of the one it was written
+// with. Small files (FORMAT, cursor, meta) are read only as far as a valid one can go.
+//
 // # Recovery at Open
 //
 // Before anything is read or written:
@@ -56,10 +106,12 @@
 //   - the newest segment's torn or garbage tail (a crash mid-write; zero bytes appended by
 //     a filesystem count as garbage, since they parse as empty tidwall entries) is cut back
 //     to the last whole valid record, and the cut bytes are kept as DIR/<seq>.<nanos>.broken;
-//   - a segment that cannot be read at all is renamed NAME.bad and reported;
+//   - a segment that cannot be read at all, or whose file is larger than a segment can
+//     grow (see Reading), is renamed NAME.bad and reported;
 //   - a missing or damaged cursor means reading from the first segment (duplicates, never
-//     loss); a cursor past the last segment is reported and treated the same way; a cursor
-//     into a deleted segment means the start of the next one;
+//     loss), with no extra bytes; a cursor past the last segment is reported and treated
+//     the same way; a cursor into a deleted segment means the start of the next one (never
+//     a front segment's: it is checkpointed past one before deleting it);
 //   - segments wholly before the cursor (whose deletion had not reached the disk) are
 //     deleted (by renaming to *.tmp first, so a kill never leaves half a segment), and an
 //     interrupted Front is completed;
@@ -81,11 +133,14 @@
 //
 // # Durability
 //
-// With NoSync false, Sync fsyncs the segment being written; sealing (in the background)
-// fsyncs the segment
-// (tidwall/wal's Close always does, even with NoSync) and writes its meta atomically;
-// creating or deleting a segment and replacing the cursor (temp file, fsync, rename,
-// fsync of the directory) are durable before they are relied on. A failed write closes the
+// With NoSync false, Sync fsyncs the segment being written and waits for the fsync of
+// every segment sealed since the last Sync (the record that fills a segment seals it),
+// so that every record appended before Sync is durable when it returns. Sealing (in the
+// background) fsyncs the segment (tidwall/wal's Close always does, even with NoSync) and
+// then writes its meta atomically. Creating a segment fsyncs its directory (the WAL
+// file's name) and the spool directory (the segment's name) before Append returns;
+// deleting a segment and replacing the cursor (temp file, fsync, rename, fsync of the
+// directory) are durable before they are relied on. A failed write closes the
 // segment's wal.Log for good (its in-memory index would be wrong), cuts the file back to
 // its last whole record and seals it; the next Append starts a new segment.
 //

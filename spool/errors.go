@@ -9,19 +9,24 @@ import (
 
 var (
 	// ErrLocked is returned by Open when another Spool, in this process or another, holds
-	// the directory.
+	// the directory. Open's error says which process, where /proc/locks tells.
 	ErrLocked = errors.New("spool: directory is locked by another opener")
 	// ErrCorrupt is wrapped by every report of damaged data. It is the segment package's
 	// ErrCorrupt, so one errors.Is matches both.
 	ErrCorrupt = segment.ErrCorrupt
-	// ErrVersion is returned by Open for a directory written in another format, or a
-	// non-empty directory that is not a spool. Nothing in it is changed.
+	// ErrVersion is matched by Open's error for a directory written in another format
+	// version, or one that is not a spool (a non-empty directory without a FORMAT file, a
+	// file); the error says what was found. Nothing in the directory is changed.
 	ErrVersion = errors.New("spool: not a spool of this format version")
 	// ErrClosed is returned by operations on a closed Spool.
 	ErrClosed = errors.New("spool: closed")
+	// ErrExtraTooLarge is returned by Checkpoint and Close while the bytes last given to
+	// SetExtra exceed MaxExtra.
+	ErrExtraTooLarge = errors.New("spool: extra bytes too large")
 
 	errTornTail  = fmt.Errorf("%w: torn or garbage tail", ErrCorrupt)
 	errBadRecord = fmt.Errorf("%w: bad record", ErrCorrupt)
+	errGaveUp    = fmt.Errorf("%w: too many damaged record candidates: the rest of the file is not searched for records", ErrCorrupt)
 )
 
 // CorruptionError says where damaged data was found. It wraps ErrCorrupt.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,44 +13,72 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/pelichan/pelichan/segment"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Cursor is a read position: the next message to deliver is message Offset of entry Index
-// of segment Seg.
-type Cursor struct {
-	Seg    uint64
-	Index  uint64
-	Offset uint32
+// readHead returns the first n bytes of the file at path (all of it if shorter): the way
+// to read a small file of a known format (FORMAT, cursor, meta) whatever it has become.
+func readHead(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
 }
 
-// cursor file: "pcur" | version 1 | 3 zero bytes | seg u64 | index u64 | offset u32 | crc32c of bytes 0..28
-const cursorSize = 32
+// maxRecordBytes is the largest record Append accepts: a header and a payload of at most
+// segment.MaxRawSize bytes, compressed. Neither compression expands data by a quarter
+// (zstd adds a few bytes per 128 KiB block, S2 at most a sixth and 32 bytes), so no
+// segment.Writer produces a larger one.
+const maxRecordBytes = segment.HeaderSize + segment.MaxRawSize + segment.MaxRawSize/4
 
-func encodeCursor(c Cursor) []byte {
-	b := make([]byte, cursorSize)
-	copy(b, "pcur")
-	b[4] = 1
-	binary.LittleEndian.PutUint64(b[8:], c.Seg)
-	binary.LittleEndian.PutUint64(b[16:], c.Index)
-	binary.LittleEndian.PutUint32(b[24:], c.Offset)
-	binary.LittleEndian.PutUint32(b[28:], crc32.Checksum(b[:28], castagnoli))
-	return b
+// maxSegmentFile is the largest segment file Open and the reader read (whole, into
+// memory). A writer seals a segment once it reaches SegmentSize, so a segment holds at
+// most SegmentSize bytes and one record more; the factor 4 leaves room for a spool
+// reopened with a smaller SegmentSize than it was written with. A larger file is damage:
+// the segment is set aside as NAME.bad, unread.
+func (o Options) maxSegmentFile() int64 {
+	return 4*o.SegmentSize + binary.MaxVarintLen64 + maxRecordBytes
 }
 
-func decodeCursor(b []byte) (Cursor, error) {
-	if len(b) != cursorSize || string(b[:4]) != "pcur" || b[4] != 1 {
-		return Cursor{}, fmt.Errorf("%w: cursor file is not a version 1 cursor", ErrCorrupt)
+// errFileTooLarge reports a segment file larger than maxSegmentFile.
+type errFileTooLarge struct {
+	size, limit int64
+}
+
+func (e *errFileTooLarge) Error() string {
+	return fmt.Sprintf("%v: segment file of %d bytes, larger than a segment can grow (%d bytes: 4 × SegmentSize and the largest record)",
+		ErrCorrupt, e.size, e.limit)
+}
+
+func (e *errFileTooLarge) Unwrap() error { return ErrCorrupt }
+
+// readSegFile reads a segment file whole, unless it is larger than limit bytes.
+func readSegFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
-	if crc32.Checksum(b[:28], castagnoli) != binary.LittleEndian.Uint32(b[28:]) {
-		return Cursor{}, fmt.Errorf("%w: cursor file crc mismatch", ErrCorrupt)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
-	return Cursor{
-		Seg:    binary.LittleEndian.Uint64(b[8:]),
-		Index:  binary.LittleEndian.Uint64(b[16:]),
-		Offset: binary.LittleEndian.Uint32(b[24:]),
-	}, nil
+	if fi.Size() > limit {
+		return nil, &errFileTooLarge{fi.Size(), limit}
+	}
+	// The size when looked at: a file growing meanwhile (a live writer, seen by Inspect)
+	// is read as it was.
+	buf := make([]byte, fi.Size())
+	n, err := io.ReadFull(f, buf)
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return buf[:n], err
 }
 
 // meta file of a sealed segment: "pmet" | version 1 | 3 zero | records u64 | messages u64 |
@@ -104,6 +133,16 @@ func decodeMeta(b []byte) (segMeta, bool) {
 	}, true
 }
 
+func (m *segMeta) add(h segment.Header) {
+	if m.messages == 0 {
+		m.first = h.Time
+	}
+	m.records++
+	m.messages += uint64(h.Count)
+	m.raw += uint64(h.RawLen)
+	m.last = h.Time
+}
+
 // writeFileAtomic replaces path with data: temp file, fsync, rename, fsync of the directory.
 func writeFileAtomic(path string, data []byte, sync bool) error {
 	tmp := path + ".tmp"
@@ -153,9 +192,14 @@ func lockDir(dir string) (*os.File, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
+			if _, pid, _, _ := lockHolder(dir); pid == os.Getpid() {
+				return nil, fmt.Errorf("%w (a Spool of this process, pid %d)", ErrLocked, pid)
+			} else if pid > 0 {
+				return nil, fmt.Errorf("%w (process %d)", ErrLocked, pid)
+			}
+			return nil, ErrLocked
 		}
-		return nil, fmt.Errorf("spool: lock %s: %w", dir, err)
+		return nil, fmt.Errorf("spool: lock: %w", err)
 	}
 	return f, nil
 }

@@ -57,8 +57,28 @@ func FuzzScan(f *testing.F) {
 	f.Add([]byte{24, 'p', 'c', 1, 0})
 	f.Add(bytes.Repeat([]byte{0x80}, 20))
 
+	f.Add(craftedCandidates(4 << 10))
+
 	f.Fuzz(func(t *testing.T, buf []byte) {
 		ents, bad, good := scanFile(buf)
+		// Within its budget, scanFile finds exactly what trying every offset finds.
+		if n := len(bad); n == 0 || !bad[n-1].gaveUp {
+			rents, rbad, rgood := scanFileRef(buf)
+			if len(rents) != len(ents) || len(rbad) != len(bad) || rgood != good {
+				t.Fatalf("scanFile: %d entries, %d damaged, good %d; the reference: %d, %d, %d",
+					len(ents), len(bad), good, len(rents), len(rbad), rgood)
+			}
+			for i := range ents {
+				if ents[i].offset != rents[i].offset || ents[i].index != rents[i].index {
+					t.Fatalf("entry %d at %d (index %d), the reference's at %d (%d)", i, ents[i].offset, ents[i].index, rents[i].offset, rents[i].index)
+				}
+			}
+			for i := range bad {
+				if bad[i].offset != rbad[i].offset || bad[i].length != rbad[i].length || bad[i].index != rbad[i].index || bad[i].err != rbad[i].err {
+					t.Fatalf("damage %d %+v, the reference's %+v", i, bad[i], rbad[i])
+				}
+			}
+		}
 		if good < 0 || good > int64(len(buf)) {
 			t.Fatalf("good %d outside [0, %d]", good, len(buf))
 		}
@@ -134,6 +154,48 @@ func FuzzScan(f *testing.F) {
 			}
 		}
 	})
+}
+
+// scanFileRef is scanFile as it was before its work was bounded: after damage, every
+// offset is tried in turn, its CRC checked whatever the cost. The oracle for scanFile.
+func scanFileRef(buf []byte) (entries []entry, bad []damage, good int64) {
+	pos := 0
+	index := uint64(1)
+	clean := true
+	for pos < len(buf) {
+		if rec, n, ok := frameAt(buf, pos); ok {
+			h, err := segment.Verify(rec)
+			if err == nil {
+				entries = append(entries, entry{index: index, offset: int64(pos), data: rec, hdr: h})
+				index++
+				pos += n
+				if clean {
+					good = int64(pos)
+				}
+				continue
+			}
+		}
+		clean = false
+		start := pos
+		next := len(buf)
+		for p := pos + 1; p < len(buf); p++ {
+			if rec, _, ok := frameAt(buf, p); ok {
+				if _, err := segment.Verify(rec); err == nil {
+					next = p
+					break
+				}
+			}
+		}
+		_, _, framed := frameAt(buf, start)
+		err := errTornTail
+		if next < len(buf) || framed {
+			err = errBadRecord
+		}
+		bad = append(bad, damage{index: index, offset: int64(start), length: int64(next - start), err: err})
+		index++
+		pos = next
+	}
+	return entries, bad, good
 }
 
 // fuzzTemplate is a closed spool that fuzz iterations copy and damage.
@@ -212,7 +274,7 @@ func FuzzOpenDamaged(f *testing.F) {
 			f.Add(op|0x80, target, uint32(101), []byte("\x00\x00\x00garbage"))
 		}
 	}
-	f.Add(byte(5), uint16(0), uint32(0), encodeCursor(Cursor{Seg: firstSeq + 2, Index: 2, Offset: 1}))
+	f.Add(byte(5), uint16(0), uint32(0), encodeCursor(cursorFile{pos: Cursor{Seg: firstSeq + 2, Index: 2, Offset: 1}}))
 	f.Add(byte(4), uint16(2), uint32(40), []byte{})
 	f.Add(byte(4), uint16(2), uint32(3), []byte{})
 	// Found by fuzzing: an old segment emptied loses its records without a report.
@@ -305,7 +367,7 @@ func FuzzOpenDamaged(f *testing.F) {
 		owe := true
 		if cursorTouched {
 			b, err := os.ReadFile(filepath.Join(dir, cursorName))
-			if c, cerr := decodeCursor(b); err == nil && cerr == nil && c != tp.cursor {
+			if cf, _, cerr := decodeCursor(b); err == nil && cerr == nil && cf.pos != tp.cursor {
 				owe = false
 			}
 		}

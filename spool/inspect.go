@@ -19,6 +19,7 @@ package spool
 // it has read it (the library's own resetReader and nextSeg work that out; see plan).
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -81,6 +82,14 @@ type CursorInfo struct {
 	Segment string `json:"segment"` // the segment directory's name
 	Index   uint64 `json:"index"`   // 1-based entry index within the segment
 	Offset  uint32 `json:"offset"`  // messages of that entry already delivered
+	// What the cursor file holds besides the position, when State is "ok": its format
+	// version (1 or 2); from version 2, the highest and lowest segment numbers ever used
+	// (new segments are numbered above High, front segments below Low) and the length of
+	// the owner's extra bytes (Spool.SetExtra).
+	Version    int    `json:"version,omitempty"`
+	High       uint64 `json:"high,omitempty"`
+	Low        uint64 `json:"low,omitempty"`
+	ExtraBytes int    `json:"extra_bytes,omitempty"`
 }
 
 // Pos returns the cursor as a Cursor.
@@ -442,29 +451,25 @@ func lookAt(dir string) (*look, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("%w: %s is not a directory", ErrVersion, dir)
+		return nil, &formatError{fmt.Sprintf("spool: %s: not a spool: not a directory", dir)}
 	}
 	l := &look{dir: dir, files: []FileInfo{}, notes: []string{}}
-	b, err := os.ReadFile(filepath.Join(dir, formatName))
+	b, err := readHead(filepath.Join(dir, formatName), 256)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("%w: %s has no %s file", ErrVersion, dir, formatName)
+		names, _ := readDirNames(dir)
+		return nil, notASpool(dir+": ", slices.DeleteFunc(names, func(n string) bool { return n == lockName }))
 	case err != nil:
 		return nil, fmt.Errorf("spool: %w", err)
 	case string(b) != formatLine:
-		return nil, fmt.Errorf("%w: %s holds %q, this build reads %q", ErrVersion,
-			filepath.Join(dir, formatName), strings.TrimSpace(string(b)), strings.TrimSpace(formatLine))
+		return nil, formatMismatch(dir+": ", b)
 	}
 	l.version = 1
 	l.lock = lockState(dir)
 
 	// The cursor before the listing: a live reader only moves it forward and deletes
 	// segments behind it, so the listing never misses a segment the cursor points into.
-	cb, cerr := os.ReadFile(filepath.Join(dir, cursorName))
-	var c Cursor
-	if cerr == nil {
-		c, cerr = decodeCursor(cb)
-	}
+	cf, cver, cerr := readCursorPath(filepath.Join(dir, cursorName))
 
 	names, err := readDirNames(dir)
 	if err != nil {
@@ -486,10 +491,13 @@ func lookAt(dir string) (*look, error) {
 
 	l.metas = make(map[uint64]metaFile, len(l.segs))
 	for _, seq := range l.segs {
-		b, err := os.ReadFile(filepath.Join(dir, segName(seq), metaName))
+		b, err := readHead(filepath.Join(dir, segName(seq), metaName), metaSize+1)
 		l.metas[seq] = metaFile{b, err}
 	}
-	l.cursor = l.plan(c, cerr)
+	l.cursor = l.plan(cf.pos, cerr)
+	if cerr == nil {
+		l.cursor.Version, l.cursor.High, l.cursor.Low, l.cursor.ExtraBytes = cver, cf.high, cf.low, len(cf.extra)
+	}
 	return l, nil
 }
 
@@ -510,8 +518,9 @@ func (l *look) plan(c Cursor, cerr error) CursorInfo {
 	for _, seq := range l.segs {
 		// While a Spool holds the lock, a missing file is one being created or deleted, not
 		// one Open would set aside.
-		if _, err := os.Stat(filepath.Join(l.dir, segName(seq), walFile)); err != nil && !l.lock.Held {
-			continue
+		fi, err := os.Stat(filepath.Join(l.dir, segName(seq), walFile))
+		if err != nil && !l.lock.Held || err == nil && fi.Size() > maxInspectFile {
+			continue // Open sets it aside
 		}
 		sg := &seg{seq: seq, sealed: true}
 		m, ok := decodeMeta(l.metas[seq].b)
@@ -602,7 +611,7 @@ func (l *look) plan(c Cursor, cerr error) CursorInfo {
 // scanRecords counts a segment's entries as loadSeg does when it scans the segment: whole
 // and damaged ones, less a torn tail of the newest segment, which Open cuts off.
 func (l *look) scanRecords(seq uint64, newest bool) uint64 {
-	buf, err := os.ReadFile(filepath.Join(l.dir, segName(seq), walFile))
+	buf, err := readSegFile(filepath.Join(l.dir, segName(seq), walFile), maxInspectFile)
 	if err != nil {
 		return 0
 	}
@@ -611,12 +620,6 @@ func (l *look) scanRecords(seq uint64, newest bool) uint64 {
 		return uint64(len(ents))
 	}
 	return uint64(len(ents) + len(bad))
-}
-
-// tornTail is Open's rule for a torn tail of the newest segment (loadSeg): one damaged
-// stretch, at the end, after a clean run of entries.
-func tornTail(buf []byte, bad []damage, good int64) bool {
-	return len(bad) == 1 && bad[0].offset == good && good+bad[0].length == int64(len(buf))
 }
 
 // otherFile classifies a name in the spool directory that is not part of the live spool.
@@ -649,6 +652,11 @@ func otherFile(dir, name string) (FileInfo, bool) {
 	return f, true
 }
 
+// maxInspectFile is the largest segment file Inspect, Verify and Dump read (whole, into
+// memory): what a writer with a SegmentSize of 1 GiB, pelichan's largest, produces. Open
+// reads less (see Options.maxSegmentFile); a file between the two gets a note.
+const maxInspectFile = 1<<30 + binary.MaxVarintLen64 + maxRecordBytes
+
 // segRead is one segment as read: its file, its whole records and its damage.
 type segRead struct {
 	name     string
@@ -678,7 +686,13 @@ func (l *look) readSeg(seq uint64, newest bool) *segRead {
 	case !errors.Is(merr, fs.ErrNotExist) && !errors.Is(merr, syscall.ENOTDIR):
 		r.problems = append(r.problems, Problem{Kind: "meta", Segment: r.name, Err: merr.Error()})
 	}
-	buf, err := os.ReadFile(filepath.Join(dir, walFile))
+	buf, err := readSegFile(filepath.Join(dir, walFile), maxInspectFile)
+	var tooLarge *errFileTooLarge
+	if errors.As(err, &tooLarge) {
+		r.problems = append(r.problems, Problem{Kind: "segment", Segment: r.name,
+			Err: fmt.Sprintf("the WAL file holds %d bytes, more than any writer produces (%d); not read; Open sets the segment aside as %s.bad", tooLarge.size, maxInspectFile, r.name)})
+		return r
+	}
 	if err != nil {
 		// A live Spool deletes consumed segments (the file, then the directory), sets
 		// damaged ones aside, and creates new ones (the directory, then the file).
@@ -698,6 +712,10 @@ func (l *look) readSeg(seq uint64, newest bool) *segRead {
 		return r
 	}
 	r.buf = buf
+	if open := (Options{}).withDefaults().maxSegmentFile(); int64(len(buf)) > open {
+		r.notes = append(r.notes, fmt.Sprintf("segment %s: the WAL file holds %d bytes: Open sets it aside as too large unless SegmentSize is at least %d (the default allows %d)",
+			r.name, len(buf), (int64(len(buf))-open)/4+DefaultSegmentSize, open))
+	}
 	ents, bad, good := scanFile(buf)
 	r.ents = ents
 	tail := newest && tornTail(buf, bad, good)

@@ -89,7 +89,7 @@ func inspWrite(tb testing.TB, dir string, bs [][]string) {
 		tb.Fatal(err)
 	}
 	for i, b := range bs {
-		if err := s.Append(inspRecord(tb, inspTime(i), b)); err != nil {
+		if _, err := s.Append(inspRecord(tb, inspTime(i), b)); err != nil {
 			tb.Fatal(err)
 		}
 	}
@@ -338,7 +338,8 @@ func TestInspectClean(t *testing.T) {
 	if r.RawBytes <= 0 || r.RecordBytes <= 0 || r.FileBytes <= r.RecordBytes || r.Ratio != float64(r.RawBytes)/float64(r.RecordBytes) {
 		t.Errorf("bytes: raw %d record %d file %d ratio %v", r.RawBytes, r.RecordBytes, r.FileBytes, r.Ratio)
 	}
-	want := CursorInfo{State: "ok", Seq: segNumOf(t, f.segs[0].name), Segment: f.segs[0].name, Index: 3, Offset: 1}
+	want := CursorInfo{State: "ok", Seq: segNumOf(t, f.segs[0].name), Segment: f.segs[0].name, Index: 3, Offset: 1,
+		Version: 2, High: segNumOf(t, f.segs[len(f.segs)-1].name), Low: segNumOf(t, f.segs[0].name)}
 	if r.Cursor != want {
 		t.Errorf("cursor %+v, want %+v", r.Cursor, want)
 	}
@@ -734,7 +735,7 @@ func TestInspectLockHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if err := s.Append(inspRecord(t, inspTime(0), []string{"a", "b"})); err != nil {
+	if _, err := s.Append(inspRecord(t, inspTime(0), []string{"a", "b"})); err != nil {
 		t.Fatal(err)
 	}
 	r, err := Inspect(dir)
@@ -771,7 +772,7 @@ func TestInspectLockHeld(t *testing.T) {
 	if err := os.Truncate(p, r.Segments[0].FileBytes); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Append(inspRecord(t, inspTime(2), []string{"d"})); err != nil {
+	if _, err := s.Append(inspRecord(t, inspTime(2), []string{"d"})); err != nil {
 		t.Fatalf("the Spool cannot go on after an inspection: %v", err)
 	}
 	if err := s.Close(); err != nil {
@@ -837,7 +838,7 @@ func TestInspectWhileLive(t *testing.T) {
 		defer close(done)
 		for round := 0; round < 30; round++ {
 			for _, rec := range recs[:10+round%7] {
-				if err := s.Append(rec); err != nil {
+				if _, err := s.Append(rec); err != nil {
 					t.Error(err)
 					return
 				}
@@ -1015,7 +1016,8 @@ func TestInspectFrontResume(t *testing.T) {
 	want := slices.Concat([]string{"front-1", "front-2"}, all[delivered:])
 
 	r := inspAgree(t, dir, want)
-	front := fmt.Sprintf("%020d", resume.Seg-1)
+	// Numbered below every segment ever created: the first one, consumed and deleted.
+	front := fmt.Sprintf("%020d", segNumOf(t, segs[0].name)-1)
 	if r.Cursor.Segment != front || r.Cursor.Index != 1 || r.Cursor.Offset != 0 {
 		t.Errorf("cursor %+v, want entry 1 of the front segment %s", r.Cursor, front)
 	}

@@ -22,7 +22,7 @@ func BenchmarkOpenBacklog(b *testing.B) {
 			b.Fatal(err)
 		}
 		for i := 0; i < n; i++ {
-			if err := s.Append(rec); err != nil {
+			if _, err := s.Append(rec); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -514,7 +514,7 @@ func TestLeftovers(t *testing.T) {
 		}},
 		{"cursor.tmp without cursor", func(t *testing.T, f fixture) {
 			os.Remove(filepath.Join(f.dir, cursorName))
-			os.WriteFile(filepath.Join(f.dir, cursorName+".tmp"), encodeCursor(Cursor{Seg: 99, Index: 3})[:10], 0o640)
+			os.WriteFile(filepath.Join(f.dir, cursorName+".tmp"), encodeCursor(cursorFile{pos: Cursor{Seg: 99, Index: 3}})[:10], 0o640)
 		}},
 		{"meta.tmp in old segment", func(t *testing.T, f fixture) {
 			os.WriteFile(filepath.Join(f.dir, f.segs[1], metaName+".tmp"), []byte("pmet"), 0o640)
@@ -714,5 +714,64 @@ func TestSetAsideNameTaken(t *testing.T) {
 	}
 	if bad != 2 {
 		t.Errorf("%d segments kept as evidence, want 2: %v", bad, topNames(t, dir))
+	}
+}
+
+// A crash right after a front segment has been read: its deletion moves the acknowledged
+// position to its resume cursor, which only the front segment's meta file records. The
+// cursor file must say so before the front segment goes, or Open (finding a cursor into a
+// missing segment: "the start of the next one") delivers again what was delivered before
+// the Close that wrote the front segment.
+func TestCrashAfterFrontConsumed(t *testing.T) {
+	dir := t.TempDir()
+	bs := batches("front-crash", 12, 3)
+	all := flatten(bs)
+	writeSpool(t, dir, testOpts(), bs)
+
+	// Deliver up to message 1 of entry 2 of the second segment, then shut down in ordered
+	// mode: two messages taken back from Out go in front.
+	s := mustOpen(t, dir, testOpts())
+	second := segNum(t, segNames(t, dir)[1])
+	delivered := 0
+	for {
+		r, err := s.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Pos.Seg == second && r.Pos.Index == 2 {
+			delivered++
+			if err := s.Ack(Cursor{Seg: second, Index: 2, Offset: 1}); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		delivered += r.Count
+	}
+	if err := s.Front([][]byte{makeRecord(t, "taken-back-1", "taken-back-2")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The next run delivers the front segment and acknowledges it: the front segment is
+	// deleted. Then the process is killed: the directory as it is now is the crash image.
+	s = mustOpen(t, dir, testOpts())
+	if got := readN(t, s, 1); !slices.Equal(got, []string{"taken-back-1", "taken-back-2"}) {
+		t.Fatalf("first record after Front: %q", got)
+	}
+	if segs := segNames(t, dir); segNum(t, segs[0]) != second {
+		t.Fatalf("segments %v: the front segment was not deleted once read", segs)
+	}
+	s.bg.Wait()
+	crash := t.TempDir()
+	copyDir(t, dir, crash)
+	s.Close()
+
+	got, reports := readAll(t, crash, testOpts())
+	checkClean(t, reports)
+	if want := all[delivered:]; !slices.Equal(got, want) {
+		t.Errorf("after the crash delivered %d messages, want the %d from the resume cursor on\ngot  %q\nwant %q",
+			len(got), len(want), got, want)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -102,7 +103,7 @@ func mustOpen(tb testing.TB, dir string, opts Options) *Spool {
 func appendAll(tb testing.TB, s *Spool, bs [][]string) {
 	tb.Helper()
 	for _, b := range bs {
-		if err := s.Append(makeRecord(tb, b...)); err != nil {
+		if _, err := s.Append(makeRecord(tb, b...)); err != nil {
 			tb.Fatalf("Append: %v", err)
 		}
 	}
@@ -429,7 +430,7 @@ func topNames(tb testing.TB, dir string) []string {
 
 func writeCursorFile(tb testing.TB, dir string, c Cursor) {
 	tb.Helper()
-	if err := os.WriteFile(filepath.Join(dir, cursorName), encodeCursor(c), 0o640); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, cursorName), encodeCursor(cursorFile{pos: c}), 0o640); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -440,11 +441,11 @@ func readCursorFile(tb testing.TB, dir string) Cursor {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c, err := decodeCursor(b)
+	cf, _, err := decodeCursor(b)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return c
+	return cf.pos
 }
 
 // ---- basic behaviour -------------------------------------------------------------------
@@ -714,6 +715,12 @@ func TestLocked(t *testing.T) {
 	if !errors.Is(err, ErrLocked) {
 		t.Errorf("second Open: %v, want ErrLocked", err)
 	}
+	// The caller names the directory; the error says who holds it.
+	if msg := fmt.Sprint(err); strings.Contains(msg, dir) || !strings.Contains(msg, fmt.Sprintf("pid %d", os.Getpid())) {
+		if _, err := os.Stat("/proc/locks"); err == nil {
+			t.Errorf("second Open: %q; want the holder's pid and not the directory", msg)
+		}
+	}
 	// The refused opener must not have disturbed the first.
 	appendAll(t, s, batches("lock", 3, 2))
 	if err := s.Close(); err != nil {
@@ -728,7 +735,7 @@ func TestLocked(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if err := s.Append(makeRecord(t, "x")); !errors.Is(err, ErrClosed) {
+	if _, err := s.Append(makeRecord(t, "x")); !errors.Is(err, ErrClosed) {
 		t.Errorf("Append after Close: %v, want ErrClosed", err)
 	}
 	if _, err := s.Next(); !errors.Is(err, ErrClosed) {
@@ -754,23 +761,29 @@ func TestOpenForeign(t *testing.T) {
 	cases := []struct {
 		name  string
 		setup func(t *testing.T, dir string)
+		msg   string // what the error says
 	}{
 		{"other FORMAT", func(t *testing.T, dir string) {
 			writeSpool(t, dir, testOpts(), batches("v", 5, 2))
 			os.WriteFile(filepath.Join(dir, formatName), []byte("pelichan-spool 2\n"), 0o640)
-		}},
+		}, `spool: a spool of format "pelichan-spool 2", this build reads "pelichan-spool 1"`},
 		{"empty FORMAT", func(t *testing.T, dir string) {
 			writeSpool(t, dir, testOpts(), batches("v", 5, 2))
 			os.WriteFile(filepath.Join(dir, formatName), nil, 0o640)
-		}},
+		}, `spool: not a spool: its FORMAT file holds "", not a spool format line such as "pelichan-spool 1"`},
 		{"foreign files", func(t *testing.T, dir string) {
 			os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("mine"), 0o640)
 			os.MkdirAll(filepath.Join(dir, "sub"), 0o750)
 			os.WriteFile(filepath.Join(dir, "sub", "x"), []byte("x"), 0o640)
-		}},
+		}, `spool: not a spool: no FORMAT file, and the directory holds other files ("notes.txt", "sub"); use an empty or new directory`},
+		{"many foreign files", func(t *testing.T, dir string) {
+			for i := range 7 {
+				os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d", i)), nil, 0o640)
+			}
+		}, `spool: not a spool: no FORMAT file, and the directory holds other files ("f0", "f1", "f2", "f3", and 3 more); use an empty or new directory`},
 		{"foreign segment-like dir", func(t *testing.T, dir string) {
 			os.MkdirAll(filepath.Join(dir, "00000000000000000001"), 0o750)
-		}},
+		}, `spool: not a spool: no FORMAT file, and the directory holds other files ("00000000000000000001"); use an empty or new directory`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -783,6 +796,9 @@ func TestOpenForeign(t *testing.T) {
 			}
 			if !errors.Is(err, ErrVersion) {
 				t.Errorf("Open: %v, want ErrVersion", err)
+			}
+			if err != nil && err.Error() != tc.msg {
+				t.Errorf("Open: %q\nwant %q", err, tc.msg)
 			}
 			diffSnapshots(t, before, snapshot(t, dir))
 		})
@@ -823,7 +839,7 @@ func TestRotationNeverRewrites(t *testing.T) {
 		recBytes += int64(len(rec))
 		h, _ := segment.ParseHeader(rec)
 		raw += int64(h.RawLen)
-		if err := s.Append(rec); err != nil {
+		if _, err := s.Append(rec); err != nil {
 			t.Fatal(err)
 		}
 		check(fmt.Sprintf("append %d", i))
@@ -849,7 +865,7 @@ func TestAppendRefusesNonRecord(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir, testOpts())
 	for _, rec := range [][]byte{nil, []byte("garbage"), make([]byte, 40)} {
-		if err := s.Append(rec); !errors.Is(err, ErrCorrupt) {
+		if _, err := s.Append(rec); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("Append(%q): %v, want an error wrapping ErrCorrupt", rec, err)
 		}
 	}
@@ -863,17 +879,32 @@ func TestAppendRefusesNonRecord(t *testing.T) {
 }
 
 func TestCursorEncoding(t *testing.T) {
-	for _, c := range []Cursor{{}, {Seg: 1 << 32, Index: 1}, {Seg: ^uint64(0), Index: ^uint64(0), Offset: ^uint32(0)}} {
-		b := encodeCursor(c)
-		got, err := decodeCursor(b)
-		if err != nil || got != c {
-			t.Errorf("cursor %+v round trip: %+v %v", c, got, err)
-		}
-		for i := range b {
-			d := bytes.Clone(b)
-			d[i] ^= 0x10
-			if _, err := decodeCursor(d); !errors.Is(err, ErrCorrupt) {
-				t.Errorf("cursor with byte %d flipped: %v, want ErrCorrupt", i, err)
+	for _, cf := range []cursorFile{
+		{},
+		{pos: Cursor{Seg: 1 << 32, Index: 1}},
+		{pos: Cursor{Seg: ^uint64(0), Index: ^uint64(0), Offset: ^uint32(0)}, high: ^uint64(0), low: 1},
+		{pos: Cursor{Seg: 7, Index: 2, Offset: 3}, high: 9, low: 5, extra: []byte("acked out of order")},
+	} {
+		for _, v := range []int{1, 2} {
+			b, want := encodeCursor(cf), cf
+			if v == 1 {
+				b, want = encodeCursorV1(cf.pos), cursorFile{pos: cf.pos}
+			}
+			got, gotv, err := decodeCursor(b)
+			if err != nil || gotv != v || !reflect.DeepEqual(got, want) {
+				t.Errorf("version %d cursor %+v round trip: %+v version %d, %v", v, want, got, gotv, err)
+			}
+			for i := range b {
+				d := bytes.Clone(b)
+				d[i] ^= 0x10
+				if _, _, err := decodeCursor(d); !errors.Is(err, ErrCorrupt) {
+					t.Errorf("version %d cursor with byte %d flipped: %v, want ErrCorrupt", v, i, err)
+				}
+			}
+			for _, d := range [][]byte{b[:len(b)-1], append(bytes.Clone(b), 0)} {
+				if _, _, err := decodeCursor(d); !errors.Is(err, ErrCorrupt) {
+					t.Errorf("version %d cursor of %d bytes: %v, want ErrCorrupt", v, len(d), err)
+				}
 			}
 		}
 	}

@@ -63,7 +63,7 @@ func makeSpool(t *testing.T, consumed int) (string, []string) {
 			}
 		}
 		w.SetTime(testBase.Add(time.Duration(i) * time.Minute).UnixNano())
-		if err := s.Append(w.Record()); err != nil {
+		if _, err := s.Append(w.Record()); err != nil {
 			t.Fatal(err)
 		}
 		all = append(all, rec...)
@@ -258,9 +258,9 @@ func TestNotASpool(t *testing.T) {
 	before := tree(t, root)
 	for _, tc := range []struct{ path, msg string }{
 		{filepath.Join(root, "missing"), "no such file or directory"},
-		{empty, "has no FORMAT file"},
-		{foreign, `holds "pelichan-spool 9"`},
-		{file, "is not a directory"},
+		{empty, "not a spool: an empty directory (no FORMAT file)"},
+		{foreign, `a spool of format "pelichan-spool 9", this build reads "pelichan-spool 1"`},
+		{file, "not a spool: not a directory"},
 	} {
 		for _, cmd := range []string{"stat", "verify", "dump"} {
 			code, stdout, stderr := runCmd(t, cmd, tc.path)

@@ -63,17 +63,8 @@ func printStat(w io.Writer, r *spool.Report, now time.Time) {
 	default:
 		line("lock", "not held")
 	}
+	line("cursor", "%s", cursorText(r))
 	c := r.Cursor
-	switch {
-	case c.State == "missing":
-		line("cursor", "none yet: delivery starts at the first segment")
-	case c.State != "ok":
-		line("cursor", "%s: %s", c.State, c.Error)
-	case len(r.Segments) == 0 || c.Seq < r.Segments[0].Seq:
-		line("cursor", "before the first segment: nothing stored was delivered")
-	default:
-		line("cursor", "segment %s entry %d message %d", c.Segment, c.Index, c.Offset)
-	}
 	for _, s := range r.Segments {
 		if s.Resume != nil && s.Seq == c.Seq {
 			// Messages taken back at shutdown (ordered mode): read first, then reading goes
@@ -132,6 +123,29 @@ func printStat(w io.Writer, r *spool.Report, now time.Time) {
 			fmt.Fprintf(w, "  %s\n", n)
 		}
 	}
+}
+
+// cursorText says where reading resumes, in words.
+func cursorText(r *spool.Report) string {
+	c := r.Cursor
+	switch {
+	case c.State == "missing" && len(r.Segments) == 0:
+		return "no cursor saved yet, and nothing stored"
+	case c.State == "missing":
+		return "no cursor saved yet: reading starts at the first segment"
+	case c.State != "ok":
+		return fmt.Sprintf("%s: %s", c.State, c.Error)
+	case len(r.Segments) == 0:
+		return "all stored messages delivered"
+	case c.Seq < r.Segments[0].Seq:
+		// The segments it passed are deleted; the ones stored since come after it.
+		return fmt.Sprintf("every message before segment %s delivered: reading starts at its first message", r.Segments[0].Name)
+	}
+	at := fmt.Sprintf("segment %s entry %d message %d", c.Segment, c.Index, c.Offset)
+	if r.Undelivered == 0 && len(r.Problems()) == 0 {
+		at += ": all stored messages delivered"
+	}
+	return at
 }
 
 var fileKinds = map[string]string{

@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -121,4 +123,93 @@ func TestStatFront(t *testing.T) {
 	if want := strings.Join(append([]string{"taken back"}, all[testConsumed:]...), "\n") + "\n"; code != exitOK || stdout != want {
 		t.Errorf("dump: exit %d\n%s\nwant\n%s", code, stdout, want)
 	}
+}
+
+// The cursor line says what the position means: after a full drain, mid-outage (no
+// checkpoint yet), and with segments stored after a drain.
+func TestStatCursorLine(t *testing.T) {
+	dir, all := makeSpool(t, testConsumed)
+	cursorLine := func() string {
+		t.Helper()
+		code, stdout, stderr := runCmd(t, "stat", dir)
+		if code != exitOK {
+			t.Fatalf("exit %d, stderr %s", code, stderr)
+		}
+		for _, l := range strings.Split(stdout, "\n") {
+			if strings.HasPrefix(l, "cursor ") {
+				return strings.TrimSpace(strings.TrimPrefix(l, "cursor "))
+			}
+		}
+		t.Fatalf("no cursor line:\n%s", stdout)
+		return ""
+	}
+	// Mid-outage: a live Chan has stored messages and not checkpointed yet.
+	cursor := filepath.Join(dir, "cursor")
+	saved, err := os.ReadFile(cursor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(cursor)
+	if got, want := cursorLine(), "no cursor saved yet: reading starts at the first segment"; got != want {
+		t.Errorf("without a cursor file: %q, want %q", got, want)
+	}
+	os.WriteFile(cursor, saved, 0o640)
+
+	// Every message delivered, the reader not yet past the last record.
+	consume(t, dir, len(all)-testConsumed)
+	segs := segDirs(t, dir)
+	if got, want := cursorLine(), fmt.Sprintf("segment %s entry 2 message 3: all stored messages delivered", segs[len(segs)-1]); got != want {
+		t.Errorf("after delivering everything: %q, want %q", got, want)
+	}
+	// Past it: no segment left.
+	s, err := spool.Open(dir, testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		r, err := s.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Ack(spool.Cursor{Seg: r.Pos.Seg, Index: r.Pos.Index + 1})
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cursorLine(), "all stored messages delivered"; got != want {
+		t.Errorf("after a full drain: %q, want %q", got, want)
+	}
+	// Stored again since: the cursor lies before the new segment.
+	s, err = spool.Open(dir, testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := segment.NewWriter(4096)
+	defer w.Close()
+	w.AddBytes([]byte("later"))
+	if _, err := s.Append(w.Record()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs = segDirs(t, dir)
+	if got, want := cursorLine(), fmt.Sprintf("every message before segment %s delivered: reading starts at its first message", segs[0]); got != want {
+		t.Errorf("with a segment stored after a drain: %q, want %q", got, want)
+	}
+
+	// An empty new spool.
+	dir = filepath.Join(t.TempDir(), "new")
+	s, err = spool.Open(dir, testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, "cursor"))
+	if got, want := cursorLine(), "no cursor saved yet, and nothing stored"; got != want {
+		t.Errorf("a new spool: %q, want %q", got, want)
+	}
+	s.Close()
 }

@@ -1,0 +1,270 @@
+package spool
+
+// The acknowledged position: Ack, checkpoints of the cursor file (with the extra bytes and the
+// segment number marks), and the cursor file's format.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"strconv"
+)
+
+// Cursor is a read position: the next message to deliver is message Offset of entry Index
+// of segment Seg.
+type Cursor struct {
+	Seg    uint64
+	Index  uint64
+	Offset uint32
+}
+
+// MaxExtra is the most extra bytes (see Spool.SetExtra) a cursor file holds.
+const MaxExtra = 64 << 20
+
+// cursorFile is what the cursor file holds.
+type cursorFile struct {
+	pos Cursor // the acknowledged position
+	// high and low are the highest and lowest segment numbers ever created in the
+	// directory, as far as known (0: unknown, as in a version 1 file): new segments are
+	// numbered above high, front segments below low, so that no number is used twice.
+	high, low uint64
+	extra     []byte // the owner's bytes (Spool.SetExtra); nil if none
+}
+
+// Cursor file, version 2 (written since), little endian:
+//
+//	0   "pcur"
+//	4   version 2, then 3 zero bytes
+//	8   seg u64 | 16 index u64 | 24 offset u32   the acknowledged position (see Cursor)
+//	28  high u64 | 36 low u64                    highest and lowest segment numbers ever used
+//	44  n u32 (at most MaxExtra)                 length of the extra bytes
+//	48  extra [n]byte
+//	48+n crc32c of bytes 0..48+n
+//
+// Version 1 (read, never written again): "pcur" | 1 | 3 zero | seg u64 | index u64 |
+// offset u32 | crc32c of bytes 0..28; 32 bytes. It has no high, low or extra.
+const (
+	cursorV1Size  = 32
+	cursorV2Fixed = 52 // bytes of a version 2 file besides the extra bytes
+)
+
+func encodeCursor(cf cursorFile) []byte {
+	n := len(cf.extra)
+	b := make([]byte, cursorV2Fixed+n)
+	copy(b, "pcur")
+	b[4] = 2
+	binary.LittleEndian.PutUint64(b[8:], cf.pos.Seg)
+	binary.LittleEndian.PutUint64(b[16:], cf.pos.Index)
+	binary.LittleEndian.PutUint32(b[24:], cf.pos.Offset)
+	binary.LittleEndian.PutUint64(b[28:], cf.high)
+	binary.LittleEndian.PutUint64(b[36:], cf.low)
+	binary.LittleEndian.PutUint32(b[44:], uint32(n))
+	copy(b[48:], cf.extra)
+	binary.LittleEndian.PutUint32(b[48+n:], crc32.Checksum(b[:48+n], castagnoli))
+	return b
+}
+
+// decodeCursor reads a cursor file of version 1 or 2 and returns its version.
+func decodeCursor(b []byte) (cursorFile, int, error) {
+	if len(b) < 8 || string(b[:4]) != "pcur" {
+		return cursorFile{}, 0, fmt.Errorf("%w: cursor file does not start with \"pcur\"", ErrCorrupt)
+	}
+	switch v := b[4]; v {
+	case 1:
+		if len(b) != cursorV1Size {
+			return cursorFile{}, 1, fmt.Errorf("%w: version 1 cursor file of %d bytes, want %d", ErrCorrupt, len(b), cursorV1Size)
+		}
+		if crc32.Checksum(b[:28], castagnoli) != binary.LittleEndian.Uint32(b[28:]) {
+			return cursorFile{}, 1, fmt.Errorf("%w: cursor file crc mismatch", ErrCorrupt)
+		}
+		return cursorFile{pos: Cursor{
+			Seg:    binary.LittleEndian.Uint64(b[8:]),
+			Index:  binary.LittleEndian.Uint64(b[16:]),
+			Offset: binary.LittleEndian.Uint32(b[24:]),
+		}}, 1, nil
+	case 2:
+		if len(b) < cursorV2Fixed {
+			return cursorFile{}, 2, fmt.Errorf("%w: version 2 cursor file of %d bytes, want at least %d", ErrCorrupt, len(b), cursorV2Fixed)
+		}
+		n := binary.LittleEndian.Uint32(b[44:])
+		if n > MaxExtra || uint64(len(b)) != cursorV2Fixed+uint64(n) {
+			return cursorFile{}, 2, fmt.Errorf("%w: version 2 cursor file of %d bytes claims %d extra bytes", ErrCorrupt, len(b), n)
+		}
+		if crc32.Checksum(b[:48+n], castagnoli) != binary.LittleEndian.Uint32(b[48+n:]) {
+			return cursorFile{}, 2, fmt.Errorf("%w: cursor file crc mismatch", ErrCorrupt)
+		}
+		cf := cursorFile{
+			pos: Cursor{
+				Seg:    binary.LittleEndian.Uint64(b[8:]),
+				Index:  binary.LittleEndian.Uint64(b[16:]),
+				Offset: binary.LittleEndian.Uint32(b[24:]),
+			},
+			high: binary.LittleEndian.Uint64(b[28:]),
+			low:  binary.LittleEndian.Uint64(b[36:]),
+		}
+		if n > 0 {
+			cf.extra = bytes.Clone(b[48 : 48+n])
+		}
+		return cf, 2, nil
+	default:
+		return cursorFile{}, int(v), fmt.Errorf("%w: cursor file version %d, this build reads 1 and 2", ErrCorrupt, v)
+	}
+}
+
+// readCursorPath reads and decodes the cursor file at path, never reading more than a
+// valid one can hold.
+func readCursorPath(path string) (cursorFile, int, error) {
+	b, err := readHead(path, cursorV2Fixed+MaxExtra+1)
+	if err != nil {
+		return cursorFile{}, 0, err
+	}
+	return decodeCursor(b)
+}
+
+// savedCursor is what the cursor file holds, as last written or read (ok false: unknown,
+// or a version 1 file, which the next Checkpoint replaces).
+type savedCursor struct {
+	ok        bool
+	pos       Cursor
+	high, low uint64
+	gen       uint64 // Spool.extraGen when written
+}
+
+func (s *Spool) readCursor() (cursorFile, int, error) {
+	return readCursorPath(s.path(cursorName))
+}
+
+// useSeq records that segment number seq has been used in the directory.
+func (s *Spool) useSeq(seq uint64) {
+	s.high = max(s.high, seq)
+	if s.low == 0 || seq < s.low {
+		s.low = seq
+	}
+}
+
+// seqPrefix returns the segment number a name in the spool directory starts with: a
+// segment directory's, or that of a file named after one (NAME.bad, NAME.N.bad,
+// NAME.<nanos>.broken, NAME.del.tmp).
+func seqPrefix(name string) (uint64, bool) {
+	if len(name) < 20 || !isSegName(name[:20]) || (len(name) > 20 && name[20] != '.') {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(name[:20], 10, 64)
+	return seq, err == nil && seq != 0
+}
+
+// Ack records that every message before c has been delivered. Segments wholly before c
+// are deleted (or, if damage was found in them, set aside as evidence).
+func (s *Spool) Ack(c Cursor) error {
+	if s.closed {
+		return ErrClosed
+	}
+	s.acked = c
+	for len(s.unack) > 0 {
+		r := &s.unack[0]
+		if r.sg.seq > c.Seg || (r.sg.seq == c.Seg && r.index > c.Index) {
+			break
+		}
+		done := r.count
+		if r.sg.seq == c.Seg && r.index == c.Index {
+			done = min(c.Offset, r.count) // a record partly delivered (at shutdown)
+		}
+		if done > r.skip {
+			r.sg.delivered += uint64(done - r.skip)
+			s.st.Undelivered -= int64(done - r.skip)
+			r.skip = done
+		}
+		if done < r.count {
+			break
+		}
+		s.unack = s.unack[1:]
+	}
+	return s.collect()
+}
+
+// checkpointBeforeDelete makes sure the cursor file does not depend on segment sg before
+// sg is deleted:
+//   - a front segment: once it is read, the acknowledged position moves to its resume
+//     cursor, which only its meta file records; a cursor file still naming the front
+//     segment would, after a crash, mean "the start of the next segment" and deliver
+//     again what was delivered before the resume cursor. Without a checkpoint it is not
+//     deleted (it is small; a later collect or Close tries again).
+//   - the segment with the highest (or lowest) number present, when the cursor file's
+//     marks do not cover it: with it gone, a crash would leave nothing on disk recording
+//     that its number was used. That checkpoint is best effort: deleting frees space, and
+//     on a full disk it must not wait for a cursor file that cannot be written.
+//
+// Checkpoint skips the write when nothing changed, so this costs a write only when one
+// is needed.
+func (s *Spool) checkpointBeforeDelete(sg *seg) error {
+	if sg.meta.resume.Seg > sg.seq {
+		return s.checkpoint()
+	}
+	n := len(s.segs)
+	lastAbove := n == 0 || s.segs[n-1].seq <= sg.seq // no other segment gives the high mark
+	lastBelow := n == 0 || s.segs[0].seq >= sg.seq
+	if lastAbove && (!s.saved.ok || sg.seq > s.saved.high) || lastBelow && (!s.saved.ok || sg.seq < s.saved.low) {
+		_ = s.checkpoint() // best effort, see above
+	}
+	return nil
+}
+
+// Checkpoint persists the acknowledged cursor and the extra bytes (see SetExtra):
+// atomically, fsynced unless NoSync. It writes nothing when neither changed since the
+// last checkpoint, so it is cheap to call often.
+//
+// The Spool checkpoints by itself before deleting a front segment it has read (see
+// Front), and before deleting a segment whose number the cursor file does not cover yet;
+// those checkpoints write the extra bytes last given to SetExtra too.
+func (s *Spool) Checkpoint() error {
+	if s.closed {
+		return ErrClosed
+	}
+	return s.checkpoint()
+}
+
+func (s *Spool) checkpoint() error {
+	if s.extraErr != nil {
+		return fmt.Errorf("spool: checkpoint: %w", s.extraErr)
+	}
+	now := savedCursor{ok: true, pos: s.acked, high: s.high, low: s.low, gen: s.extraGen}
+	if s.saved == now {
+		return nil
+	}
+	cf := cursorFile{pos: s.acked, high: s.high, low: s.low, extra: s.extra}
+	if err := writeFileAtomic(s.path(cursorName), encodeCursor(cf), !s.opts.NoSync); err != nil {
+		return fmt.Errorf("spool: checkpoint: %w", err)
+	}
+	s.saved = now
+	return nil
+}
+
+// SetExtra sets bytes to be persisted with the cursor by the next Checkpoint (and by
+// Close); b is copied. The owner keeps there what the cursor alone cannot say (pelichan
+// keeps the messages acknowledged out of order). Extra returns them after the next Open.
+// More than MaxExtra bytes are not kept: Checkpoint and Close then fail with an error
+// wrapping ErrExtraTooLarge and write nothing (the previous checkpoint stays in place),
+// until SetExtra is called with fewer.
+func (s *Spool) SetExtra(b []byte) {
+	if len(b) > MaxExtra {
+		s.extraErr = fmt.Errorf("%w: %d bytes, at most %d", ErrExtraTooLarge, len(b), MaxExtra)
+		return
+	}
+	s.extraErr = nil
+	if bytes.Equal(b, s.extra) {
+		return
+	}
+	s.extra = append(s.extra[:0:0], b...)
+	s.extraGen++
+}
+
+// Extra returns a copy of the extra bytes: those the cursor file held at Open (nil if
+// none, or if the cursor file was missing, damaged or of version 1), or those given to
+// SetExtra since.
+func (s *Spool) Extra() []byte {
+	if len(s.extra) == 0 {
+		return nil
+	}
+	return bytes.Clone(s.extra)
+}

@@ -1,0 +1,19 @@
+package spool
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+)
+
+// encodeCursorV1 writes a cursor file of version 1, the format before version 2 (which
+// Open still reads, and never writes).
+func encodeCursorV1(c Cursor) []byte {
+	b := make([]byte, cursorV1Size)
+	copy(b, "pcur")
+	b[4] = 1
+	binary.LittleEndian.PutUint64(b[8:], c.Seg)
+	binary.LittleEndian.PutUint64(b[16:], c.Index)
+	binary.LittleEndian.PutUint32(b[24:], c.Offset)
+	binary.LittleEndian.PutUint32(b[28:], crc32.Checksum(b[:28], castagnoli))
+	return b
+}

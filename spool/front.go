@@ -1,0 +1,172 @@
+package spool
+
+// Front segments: messages put in front of the backlog at an ordered shutdown.
+
+import (
+	"fmt"
+
+	"github.com/pelichan/pelichan/segment"
+	"github.com/tidwall/wal"
+)
+
+// finishFront completes a Front interrupted after the cursor moved to the front segment:
+// the segment it replaces is deleted, so its rest is not delivered twice.
+func (s *Spool) finishFront() error {
+	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg || s.segs[0].meta.replaces == 0 {
+		return nil
+	}
+	old := s.segs[0].meta.replaces
+	for _, sg := range s.segs[1:] {
+		if sg.seq == old {
+			if err := s.checkpointBeforeDelete(sg); err != nil {
+				return err
+			}
+			s.dropSeg(sg)
+			if err := s.removeSeg(sg.name()); err != nil {
+				return fmt.Errorf("spool: remove segment %s replaced by %s: %w", sg.name(), s.segs[0].name(), err)
+			}
+			break // dropSeg changed s.segs under this loop
+		}
+	}
+	return nil
+}
+
+// Front puts recs in front of everything stored, for shutdown in ordered mode: they are
+// older than every undelivered message. It writes them into a new segment numbered below
+// all others, whose meta holds a resume cursor (the current cursor), moves the cursor to
+// it, and leaves every other segment untouched: once the front segment is read, reading
+// goes on at the resume cursor. If the cursor is inside an earlier front segment, that
+// segment's undelivered rest (at most one Out buffer of messages) is copied behind recs,
+// the resume cursor carried over, and the earlier one deleted; its number is recorded so
+// that Open finishes the deletion after a crash. Until the cursor moves, the new segment
+// lies behind it and Open discards it (recs were in memory only). Call Close next.
+func (s *Spool) Front(recs [][]byte) error {
+	if s.closed {
+		return ErrClosed
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	if s.active != nil {
+		if err := s.seal(); err != nil {
+			return err
+		}
+	}
+	base := s.acked.Seg
+	if len(s.segs) > 0 && (base == 0 || s.segs[0].seq < base) {
+		base = s.segs[0].seq
+	}
+	if base == 0 {
+		base = firstSeq
+	}
+	top := base // numbered below every segment ever created: no number is used twice
+	if s.low != 0 && s.low < top {
+		top = s.low
+	}
+	if top <= 1 {
+		return fmt.Errorf("spool: front: no segment number left in front")
+	}
+	sg := &seg{seq: top - 1, sealed: true}
+	sg.meta.resume = s.acked
+	if sg.meta.resume.Seg == 0 {
+		sg.meta.resume = Cursor{Seg: base, Index: 1}
+	}
+	var old *seg
+	if len(s.segs) > 0 && s.segs[0].seq == s.acked.Seg && s.segs[0].meta.resume.Seg > s.segs[0].seq {
+		old = s.segs[0]
+		rest, err := s.restOf(old)
+		if err != nil {
+			return err
+		}
+		recs = append(recs, rest...)
+		sg.meta.replaces, sg.meta.resume = old.seq, old.meta.resume
+	}
+	s.useSeq(sg.seq)
+	if err := s.writeSealed(sg, recs); err != nil {
+		return err
+	}
+	s.segs = append([]*seg{sg}, s.segs...)
+	s.st.DiskBytes += sg.size
+	s.st.Undelivered += int64(sg.meta.messages)
+	s.acked = Cursor{Seg: sg.seq, Index: 1}
+	if err := s.Checkpoint(); err != nil {
+		return err
+	}
+	if old != nil {
+		s.dropSeg(old) // its undelivered rest is counted in the front segment now
+		if err := s.removeSeg(old.name()); err != nil {
+			return fmt.Errorf("spool: front: remove %s: %w", old.name(), err)
+		}
+	}
+	s.resetReader()
+	return nil
+}
+
+// restOf returns the undelivered records of sg, the cursor's (front) segment.
+func (s *Spool) restOf(sg *seg) ([][]byte, error) {
+	buf, err := readSegFile(s.path(sg.name(), walFile), s.opts.maxSegmentFile())
+	if err != nil {
+		return nil, fmt.Errorf("spool: front: %w", err)
+	}
+	ents, _, _ := scanFile(buf)
+	var rest [][]byte
+	for _, e := range ents {
+		switch {
+		case e.index > s.acked.Index || (e.index == s.acked.Index && s.acked.Offset == 0):
+			rest = append(rest, e.data)
+		case e.index == s.acked.Index && int(s.acked.Offset) < e.hdr.Count:
+			r := segment.NewReader()
+			b, err := r.Decode(e.data)
+			if err != nil {
+				r.Close()
+				continue // reported when it was read
+			}
+			w := segment.NewWriter(e.hdr.RawLen)
+			w.SetTime(e.hdr.Time)
+			for i := int(s.acked.Offset); i < b.Count; i++ {
+				w.AddBytes(b.Message(i))
+			}
+			rest = append(rest, append([]byte(nil), w.Record()...))
+			w.Close()
+			r.Close()
+		}
+	}
+	return rest, nil
+}
+
+// writeSealed writes recs as the complete, sealed segment sg.
+func (s *Spool) writeSealed(sg *seg, recs [][]byte) error {
+	l, err := wal.Open(s.path(sg.name()), s.walOptions())
+	if err != nil {
+		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+	}
+	for i, rec := range recs {
+		h, err := segment.ParseHeader(rec)
+		if err == nil {
+			err = l.Write(uint64(i+1), rec)
+		}
+		if err != nil {
+			l.Close()
+			s.removeSeg(sg.name())
+			return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+		}
+		sg.meta.add(h)
+		sg.size += int64(uvarintLen(uint64(len(rec))) + len(rec))
+		s.st.BytesWritten += int64(len(rec))
+		s.st.RawWritten += int64(h.RawLen)
+	}
+	if err := l.Close(); err != nil {
+		s.removeSeg(sg.name())
+		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+	}
+	if err := writeFileAtomic(s.path(sg.name(), metaName), encodeMeta(sg.meta), !s.opts.NoSync); err != nil {
+		s.removeSeg(sg.name())
+		return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+	}
+	if !s.opts.NoSync {
+		if err := syncDir(s.dir); err != nil {
+			return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,477 @@
+package spool
+
+// Open's recovery rules: the format check, loading and repairing segments, counting the
+// backlog (some of it in the background), and setting aside what cannot be read.
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func (s *Spool) load() error {
+	names, err := readDirNames(s.dir)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if err := checkFormat(s.dir, names, true, !s.opts.NoSync); err != nil {
+		return err
+	}
+	for _, name := range names {
+		if seq, ok := seqPrefix(name); ok {
+			// Every number a segment had (live, set aside, being deleted, or named by the
+			// evidence of a torn tail) stays used.
+			s.useSeq(seq)
+		}
+		switch {
+		case strings.HasSuffix(name, ".tmp"):
+			// An interrupted atomic write: the old file (if any) is still in place.
+			if err := os.RemoveAll(s.path(name)); err != nil {
+				return fmt.Errorf("spool: remove leftover: %w", err)
+			}
+		case isSegName(name):
+			if sub, err := readDirNames(s.path(name)); err == nil && len(sub) == 0 {
+				// A segment whose creation was cut short (tidwall/wal makes the directory
+				// before its file): it never held a record.
+				if err := os.Remove(s.path(name)); err != nil {
+					return fmt.Errorf("spool: remove leftover: %w", err)
+				}
+				continue
+			}
+			seq, _ := strconv.ParseUint(name, 10, 64)
+			s.segs = append(s.segs, &seg{seq: seq, sealed: true})
+		}
+	}
+	sort.Slice(s.segs, func(i, j int) bool { return s.segs[i].seq < s.segs[j].seq })
+
+	cf, version, cerr := s.readCursor()
+	c := cf.pos
+	if cerr == nil {
+		s.extra = cf.extra
+		if cf.high != 0 {
+			s.useSeq(cf.high)
+		}
+		if cf.low != 0 {
+			s.useSeq(cf.low)
+		}
+		if version >= 2 {
+			s.saved = savedCursor{ok: true, pos: cf.pos, high: cf.high, low: cf.low}
+		}
+	}
+	switch {
+	case cerr != nil:
+		// A missing or damaged cursor: read from the first segment. Duplicates, never loss.
+		if !errors.Is(cerr, fs.ErrNotExist) {
+			s.report(fmt.Errorf("spool: %s: %w; reading from the first segment", s.path(cursorName), cerr))
+		}
+		c = Cursor{}
+		if len(s.segs) > 0 {
+			c = Cursor{Seg: s.segs[0].seq, Index: 1}
+		}
+	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq:
+		s.report(fmt.Errorf("%w: spool: cursor points to segment %020d past the last one; reading from the first segment", ErrCorrupt, c.Seg))
+		c = Cursor{Seg: s.segs[0].seq, Index: 1}
+	}
+	if c.Index == 0 {
+		c.Index = 1
+	}
+	s.acked = c
+	// Load what reading needs now: the segment the cursor is in (or the first after it), the
+	// one a front segment resumes in, and the newest (its tail may need repair). The counts
+	// of the others are read in the background (see pump), so that Open costs the same
+	// whatever the backlog. Segments before the cursor are consumed and need no counts.
+	first, resume := true, uint64(0)
+	for i := 0; i < len(s.segs); i++ {
+		sg := s.segs[i]
+		newest := i == len(s.segs)-1
+		if sg.seq < c.Seg {
+			continue
+		}
+		if !(newest || first || sg.seq == resume) {
+			sg.lazy = true
+			s.st.Counting++
+			continue
+		}
+		if err := s.loadSeg(sg, newest); err != nil {
+			s.setAside(sg, err)
+			s.segs = slices.Delete(s.segs, i, i+1)
+			i--
+			continue
+		}
+		s.st.DiskBytes += sg.size
+		if first {
+			first = false
+			if r := sg.meta.resume; r.Seg > sg.seq {
+				resume = r.Seg
+			}
+		}
+	}
+	// Segments wholly before the cursor were consumed; their deletion had not reached the disk.
+	if err := s.collect(); err != nil {
+		return err
+	}
+	if err := s.finishFront(); err != nil {
+		return err
+	}
+	s.resetReader()
+	if err := s.countBacklog(); err != nil {
+		return err
+	}
+	s.countInBackground()
+	return nil
+}
+
+// lazyMeta is a background reading of one segment's counts.
+type lazyMeta struct {
+	sg   *seg
+	meta segMeta
+	size int64
+	ok   bool // false: no valid meta file; the owner scans the segment when it needs it
+}
+
+// countInBackground reads the meta files of the segments Open left uncounted. The results
+// are applied by the owning goroutine in pump.
+func (s *Spool) countInBackground() {
+	var lazy []*seg
+	for _, sg := range s.segs {
+		if sg.lazy {
+			lazy = append(lazy, sg)
+		}
+	}
+	if len(lazy) == 0 {
+		return
+	}
+	s.counted = make(chan lazyMeta, len(lazy))
+	done := make(chan struct{})
+	s.countDone = done
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		defer close(done)
+		for _, sg := range lazy {
+			r := lazyMeta{sg: sg}
+			if fi, err := os.Stat(s.path(sg.name(), walFile)); err == nil {
+				r.size = fi.Size()
+				if b, err := readHead(s.path(sg.name(), metaName), metaSize+1); err == nil {
+					r.meta, r.ok = decodeMeta(b)
+				}
+			}
+			s.counted <- r
+		}
+	}()
+}
+
+// pump applies the background counts that have arrived.
+func (s *Spool) pump() {
+	for s.st.Counting > 0 {
+		select {
+		case r := <-s.counted:
+			if !r.sg.lazy {
+				continue // loaded on demand meanwhile, or gone
+			}
+			if !r.ok || r.size > s.opts.maxSegmentFile() {
+				s.ensureMeta(r.sg) // scanned, or set aside as too large
+				continue
+			}
+			r.sg.lazy = false
+			s.st.Counting--
+			r.sg.meta, r.sg.size = r.meta, r.size
+			s.st.DiskBytes += r.size
+			s.st.Undelivered += int64(r.meta.messages)
+			s.st.Late += int64(r.meta.messages)
+		default:
+			return
+		}
+	}
+}
+
+// ensureMeta loads a segment's counts now if Open left them for the background. A segment
+// that cannot be loaded is set aside and dropped; false says so.
+func (s *Spool) ensureMeta(sg *seg) bool {
+	if !sg.lazy {
+		return true
+	}
+	sg.lazy = false
+	s.st.Counting--
+	if err := s.loadSeg(sg, false); err != nil {
+		sg.size, sg.meta = 0, segMeta{} // never counted: nothing to subtract
+		s.setAside(sg, err)
+		s.dropSeg(sg)
+		if s.rseg == sg {
+			s.nextSeg(sg.seq)
+		}
+		return false
+	}
+	s.st.DiskBytes += sg.size
+	s.st.Undelivered += int64(sg.meta.messages)
+	s.st.Late += int64(sg.meta.messages)
+	return true
+}
+
+// formatError is an error that matches ErrVersion and says what was found instead of a
+// spool of this format version.
+type formatError struct{ msg string }
+
+func (e *formatError) Error() string        { return e.msg }
+func (e *formatError) Is(target error) bool { return target == ErrVersion }
+
+// formatMismatch reports a FORMAT file that does not hold this version's format line.
+// where prefixes the message ("" or "DIR: ").
+func formatMismatch(where string, b []byte) error {
+	got := strings.TrimSpace(string(b))
+	if strings.HasPrefix(got, "pelichan-spool ") {
+		return &formatError{fmt.Sprintf("spool: %sa spool of format %q, this build reads %q", where, got, strings.TrimSpace(formatLine))}
+	}
+	return &formatError{fmt.Sprintf("spool: %snot a spool: its %s file holds %q, not a spool format line such as %q", where, formatName, got, strings.TrimSpace(formatLine))}
+}
+
+// notASpool reports a directory with no FORMAT file that holds other files (names).
+// where prefixes the message ("" or "DIR: ").
+func notASpool(where string, names []string) error {
+	if len(names) == 0 {
+		return &formatError{fmt.Sprintf("spool: %snot a spool: an empty directory (no %s file)", where, formatName)}
+	}
+	slices.Sort(names)
+	list := make([]string, 0, 5)
+	for _, n := range names[:min(len(names), 4)] {
+		list = append(list, strconv.Quote(n))
+	}
+	if len(names) > 4 {
+		list = append(list, fmt.Sprintf("and %d more", len(names)-4))
+	}
+	return &formatError{fmt.Sprintf("spool: %snot a spool: no %s file, and the directory holds other files (%s); use an empty or new directory",
+		where, formatName, strings.Join(list, ", "))}
+}
+
+// checkFormat makes sure dir is a spool of this version, writing FORMAT into a new one
+// when create is set.
+func checkFormat(dir string, names []string, create, sync bool) error {
+	b, err := readHead(filepath.Join(dir, formatName), 256)
+	if err == nil {
+		if string(b) != formatLine {
+			return formatMismatch("", b)
+		}
+		return nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("spool: %w", err)
+	}
+	var foreign []string
+	for _, n := range names {
+		if n != lockName && n != formatName+".tmp" { // leftovers of an interrupted creation
+			foreign = append(foreign, n)
+		}
+	}
+	if len(foreign) > 0 {
+		return notASpool("", foreign)
+	}
+	if !create {
+		return nil
+	}
+	if err := writeFileAtomic(filepath.Join(dir, formatName), []byte(formatLine), sync); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	return nil
+}
+
+func isSegName(name string) bool {
+	if len(name) != 20 {
+		return false
+	}
+	for _, r := range name {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// loadSeg fills sg's counts from its meta file, or by scanning its WAL file when the
+// meta is missing (a crash before sealing) or the segment is the newest, whose tail is
+// repaired here.
+func (s *Spool) loadSeg(sg *seg, newest bool) error {
+	file := s.path(sg.name(), walFile)
+	fi, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	sg.size = fi.Size()
+	if limit := s.opts.maxSegmentFile(); sg.size > limit {
+		// Neither Open nor the reader would hold it: damage, whatever its meta says.
+		sg.size = 0
+		return &errFileTooLarge{fi.Size(), limit}
+	}
+	var sealed segMeta
+	haveMeta := false
+	if b, err := readHead(s.path(sg.name(), metaName), metaSize+1); err == nil {
+		sealed, haveMeta = decodeMeta(b)
+	}
+	if haveMeta {
+		sg.sealedCount = sealed.records
+	}
+	if haveMeta && !newest {
+		sg.meta = sealed
+		return nil
+	}
+	buf, err := readSegFile(file, s.opts.maxSegmentFile())
+	if err != nil {
+		return err
+	}
+	ents, bad, good := scanFile(buf)
+	sg.meta = segMeta{}
+	for _, e := range ents {
+		sg.meta.add(e.hdr)
+	}
+	sg.meta.records = uint64(len(ents) + len(bad))
+	if len(bad) > 0 {
+		sg.damaged = true
+	}
+	if newest && tornTail(buf, bad, good) {
+		// A torn tail: cut it back, keeping the cut bytes as evidence. The torn entry is
+		// not counted, so cutTail reports it as entry len(ents)+1.
+		sg.meta.records = uint64(len(ents))
+		if err := s.cutTail(sg, file, buf, good); err != nil {
+			// No room for the evidence (a full disk): leave the file as it is. The records
+			// before the tail are still read; the segment is kept as .bad once consumed.
+			sg.meta.records++
+			s.report(&CorruptionError{Segment: sg.name(), Index: sg.meta.records, Offset: good,
+				Length: int64(len(buf)) - good, Err: fmt.Errorf("%w; not cut: %w", errTornTail, err)})
+			return nil
+		}
+		sg.damaged = false
+	} else {
+		for _, d := range bad {
+			s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
+		}
+	}
+	sg.meta.replaces = sealed.replaces
+	if haveMeta && sg.meta.records < sealed.records {
+		// Sealed segments were fsynced before their meta was written: no crash takes
+		// whole records off them.
+		sg.damaged = true
+		s.report(&CorruptionError{Segment: sg.name(), Index: sg.meta.records + 1, Offset: sg.size,
+			Err: fmt.Errorf("%w: %d of the %d entries recorded at sealing are missing", ErrCorrupt, sealed.records-sg.meta.records, sealed.records)})
+	}
+	return nil
+}
+
+func (s *Spool) cutTail(sg *seg, file string, buf []byte, good int64) error {
+	tail := buf[good:]
+	if len(tail) > maxBrokenBytes {
+		tail = tail[:maxBrokenBytes]
+	}
+	evidence := s.path(fmt.Sprintf("%s.%d.broken", sg.name(), time.Now().UnixNano()))
+	if err := writeFileAtomic(evidence, tail, !s.opts.NoSync); err != nil {
+		return fmt.Errorf("spool: keep torn tail of %s: %w", file, err)
+	}
+	s.pruneBroken()
+	if err := os.Truncate(file, good); err != nil {
+		return fmt.Errorf("spool: cut torn tail of %s: %w", file, err)
+	}
+	sg.size = good
+	s.opts.OnCorrupt(&CorruptionError{Segment: sg.name(), Index: sg.meta.records + 1, Offset: good,
+		Length: int64(len(buf)) - good, Err: fmt.Errorf("%w; cut, kept in %s", errTornTail, filepath.Base(evidence))})
+	s.st.Corrupt++
+	return nil
+}
+
+// pruneBroken keeps only the newest maxBroken evidence files.
+func (s *Spool) pruneBroken() {
+	names, err := readDirNames(s.dir)
+	if err != nil {
+		return
+	}
+	var broken []string
+	for _, n := range names {
+		if strings.HasSuffix(n, ".broken") {
+			broken = append(broken, n)
+		}
+	}
+	if len(broken) <= maxBroken {
+		return
+	}
+	// Names sort by segment, then by time: drop the oldest.
+	sort.Strings(broken)
+	for _, n := range broken[:len(broken)-maxBroken] {
+		os.Remove(s.path(n))
+	}
+}
+
+// setAside renames a segment that cannot be read at all to NAME.bad and reports it.
+func (s *Spool) setAside(sg *seg, cause error) {
+	from := s.path(sg.name())
+	to := s.badPath(sg)
+	err := os.Rename(from, to)
+	if err == nil && !s.opts.NoSync {
+		err = syncDir(s.dir)
+	}
+	s.st.SetAside++
+	if err != nil {
+		cause = fmt.Errorf("%v; set aside failed: %w", cause, err)
+	}
+	s.report(&CorruptionError{Segment: sg.name(), Err: fmt.Errorf("%w: segment set aside as %s: %w", ErrCorrupt, filepath.Base(to), cause)})
+}
+
+// countBacklog sets Undelivered at open from the segments' counts. It reads the cursor's
+// segment to count the records before the cursor.
+func (s *Spool) countBacklog() error {
+	var n int64
+	for _, sg := range s.segs {
+		n += int64(sg.meta.messages)
+	}
+	s.st.Undelivered = n
+	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg {
+		return nil
+	}
+	if err := s.deliveredBefore(s.segs[0], s.acked); err != nil {
+		return err
+	}
+	// Reading a front segment: the segment it resumes in was delivered up to its resume cursor.
+	if r := s.segs[0].meta.resume; r.Seg > s.segs[0].seq {
+		for _, sg := range s.segs[1:] {
+			if sg.seq == r.Seg {
+				return s.deliveredBefore(sg, r)
+			}
+		}
+	}
+	return nil
+}
+
+// deliveredBefore counts the messages of sg before cursor c as delivered.
+func (s *Spool) deliveredBefore(sg *seg, c Cursor) error {
+	if c.Index <= 1 && c.Offset == 0 {
+		return nil
+	}
+	buf, err := readSegFile(s.path(sg.name(), walFile), s.opts.maxSegmentFile())
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	ents, _, _ := scanFile(buf)
+	for _, e := range ents {
+		var d uint64
+		if e.index < c.Index {
+			d = uint64(e.hdr.Count)
+		} else if e.index == c.Index {
+			d = uint64(min(int(c.Offset), e.hdr.Count))
+		}
+		sg.delivered += d
+		s.st.Undelivered -= int64(d)
+	}
+	return nil
+}

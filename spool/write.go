@@ -1,0 +1,228 @@
+package spool
+
+// Writing: appending records to the active segment, starting and sealing segments, Sync.
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"slices"
+
+	"github.com/pelichan/pelichan/segment"
+	"github.com/tidwall/wal"
+)
+
+// Append adds one record (as built by segment.Writer) at the tail and returns its
+// position: Cursor{Seg: its segment, Index: its entry index, Offset: 0}. Positions
+// increase with every Append, and no two records of a spool directory ever get the same
+// one (segment numbers are never used twice; see Open). The record is durable once Sync
+// returns (with NoSync false).
+//
+// An error with a zero Cursor means the record was not stored. After a failed write the
+// segment being written is sealed at its last whole record and the next Append starts a
+// new one, so a failed write never leaves a log with a shifted index in use. An error with
+// a non-zero Cursor means the record was stored but something after it failed (deleting
+// a consumed segment).
+func (s *Spool) Append(rec []byte) (Cursor, error) {
+	if s.closed {
+		return Cursor{}, ErrClosed
+	}
+	h, err := segment.ParseHeader(rec)
+	if err != nil {
+		return Cursor{}, fmt.Errorf("spool: append: %w", err)
+	}
+	if len(rec) > maxRecordBytes {
+		return Cursor{}, fmt.Errorf("spool: append: %w: record of %d bytes, more than the %d a writer produces", ErrCorrupt, len(rec), maxRecordBytes)
+	}
+	if err := s.sealErr(); err != nil {
+		return Cursor{}, err
+	}
+	if s.active == nil {
+		if err := s.startSegment(); err != nil {
+			return Cursor{}, err
+		}
+	}
+	sg := s.active
+	if err := s.wlog.Write(sg.meta.records+1, rec); err != nil {
+		s.abandon()
+		return Cursor{}, fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
+	}
+	sg.meta.add(h)
+	pos := Cursor{Seg: sg.seq, Index: sg.meta.records}
+	s.st.Undelivered += int64(h.Count)
+	n := int64(uvarintLen(uint64(len(rec))) + len(rec))
+	sg.size += n
+	s.st.DiskBytes += n
+	s.st.BytesWritten += int64(len(rec))
+	s.st.RawWritten += int64(h.RawLen)
+	if sg.size >= s.opts.SegmentSize {
+		return pos, s.seal()
+	}
+	return pos, nil
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
+func (s *Spool) walOptions() *wal.Options {
+	// A fresh copy each time: wal.Open writes its defaults into the struct it is given.
+	return &wal.Options{
+		NoSync:           true, // we fsync ourselves, per the sync policy
+		SegmentSize:      math.MaxInt,
+		LogFormat:        wal.Binary,
+		SegmentCacheSize: 1,
+		NoCopy:           true,
+		DirPerms:         0o750,
+		FilePerms:        0o640,
+	}
+}
+
+func (s *Spool) startSegment() error {
+	seq := uint64(firstSeq)
+	if n := len(s.segs); n > 0 {
+		seq = s.segs[n-1].seq + 1
+	}
+	if s.acked.Seg >= seq {
+		seq = s.acked.Seg + 1
+	}
+	if s.high >= seq {
+		seq = s.high + 1 // never a number used before, even by a segment long deleted
+	}
+	for _, sg := range s.segs {
+		// Never reuse the number of a segment a front segment replaced: Open would delete it.
+		if sg.meta.replaces >= seq {
+			seq = sg.meta.replaces + 1
+		}
+	}
+	sg := &seg{seq: seq}
+	l, err := wal.Open(s.path(sg.name()), s.walOptions())
+	if err != nil {
+		s.removeSeg(sg.name())
+		return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
+	}
+	if !s.opts.NoSync {
+		// The WAL file's name in the segment directory, and the segment directory's name
+		// in the spool directory: both durable before any record in it counts as stored.
+		err := syncDir(s.path(sg.name()))
+		if err == nil {
+			err = syncDir(s.dir)
+		}
+		if err != nil {
+			l.Close()
+			s.removeSeg(sg.name())
+			return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
+		}
+	}
+	s.useSeq(seq)
+	s.wlog, s.active = l, sg
+	s.segs = append(s.segs, sg)
+	if s.rseg == nil {
+		// The reader has read every older segment: this one is where it goes on.
+		s.rseg, s.rnext, s.rskip = sg, 1, 0
+	}
+	return nil
+}
+
+// Sync makes everything appended so far durable: it fsyncs the segment being written and
+// waits for the fsync of the segments sealed since the last Sync (the record that fills a
+// segment seals it, in the background). An error from such a seal is returned here.
+func (s *Spool) Sync() error {
+	for _, sg := range s.sealing {
+		<-sg.synced
+	}
+	clear(s.sealing)
+	s.sealing = s.sealing[:0]
+	if err := s.sealErr(); err != nil {
+		return err
+	}
+	if s.wlog == nil {
+		return nil
+	}
+	if err := s.wlog.Sync(); err != nil {
+		return fmt.Errorf("spool: sync segment %s: %w", s.active.name(), err)
+	}
+	return nil
+}
+
+// seal closes the active segment and records its counts in its meta file.
+//
+// tidwall/wal's Close always fsyncs, which can take long on a busy disk, so closing and
+// writing the meta file (after the fsync: Open relies on a meta never being newer than its
+// data) happen in the background. Nothing touches a sealed segment's wal.Log again: the
+// reader reads its file, and deleting it waits for the seal (see collect). Close waits for
+// every seal; an error from one is returned by the next Append or by Close.
+func (s *Spool) seal() error {
+	sg, l := s.active, s.wlog
+	s.wlog, s.active = nil, nil
+	sg.sealed = true
+	done, synced := make(chan struct{}), make(chan struct{})
+	sg.sealDone, sg.synced = done, synced
+	s.sealing = slices.DeleteFunc(s.sealing, func(sg *seg) bool {
+		select {
+		case <-sg.synced:
+			return true // fsynced already: nothing for Sync to wait for
+		default:
+			return false
+		}
+	})
+	s.sealing = append(s.sealing, sg)
+	meta, metaPath := encodeMeta(sg.meta), s.path(sg.name(), metaName)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		defer close(done)
+		err := l.Close() // fsyncs the file
+		if err != nil {
+			err = fmt.Errorf("spool: seal segment %s: %w", sg.name(), err)
+			s.bgErr.Store(&err)
+		}
+		close(synced)
+		if err != nil {
+			return
+		}
+		if err := writeFileAtomic(metaPath, meta, !s.opts.NoSync); err != nil {
+			os.Remove(metaPath) // the counts can be rebuilt by scanning the segment
+		}
+	}()
+	return s.collect()
+}
+
+// sealErr returns (once) an error from a background seal.
+func (s *Spool) sealErr() error {
+	if p := s.bgErr.Swap(nil); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// abandon seals the active segment after a failed write: the tidwall Log is closed and
+// never written again, and the file is cut back to the last record known to be whole.
+func (s *Spool) abandon() {
+	sg := s.active
+	s.wlog.Close()
+	s.wlog, s.active = nil, nil
+	sg.sealed = true
+	s.truncateAfterError(sg, nil)
+}
+
+func (s *Spool) truncateAfterError(sg *seg, cause error) error {
+	if sg.meta.records == 0 {
+		s.removeSeg(sg.name())
+		s.dropSeg(sg)
+		if s.rseg == sg {
+			s.nextSeg(sg.seq)
+		}
+		return cause
+	}
+	if err := os.Truncate(s.path(sg.name(), walFile), sg.size); err != nil {
+		// The scanner will find the torn bytes and skip them.
+		sg.damaged = true
+	}
+	return cause
+}
