@@ -1,22 +1,29 @@
 // Package pelichan is a persistent, disk-buffered channel. A Chan reads a source channel and
-// hands the messages out on its Out channel; while the consumer keeps up they stay in
-// memory, and when Out is full the overflow is spilled to disk (zstd-compressed batches in
-// rotating WAL segments) and fed back when Out has room again.
+// hands the messages out on its Out channel (or, with WithAcks, its Deliveries channel);
+// while the consumer keeps up they stay in memory, and when it falls behind the overflow is
+// spilled to disk (compressed batches in rotating WAL segments) and fed back when the
+// consumer has room again.
 //
-// Delivery: on the graceful path (Close, then New on the same directory) every message
-// taken from src is delivered exactly once. After a crash, what was only in memory is lost,
-// what reached the spool survives, and messages refilled since the last cursor checkpoint
-// (taken at every segment boundary and every second) may be delivered again. Order is not
-// guaranteed.
+// A message is done when the consumer received it from Out or, with WithAcks, acknowledged
+// it. On the graceful path (Close, then New on the same directory) every message taken from
+// src is done exactly once; with acknowledgements a delivered message that was not
+// acknowledged before Close is delivered again. No message that is not done stays only in
+// memory for longer than the linger time plus one batch write: what waits for a stalled
+// consumer is written to the spool too. After a crash, what reached the spool and is not
+// done survives; messages done since the last checkpoint (100 ms) may come again. Order is
+// not guaranteed unless WithOrdered.
 //
-// Data flow: one goroutine (the loop) owns src, Out and the in-memory batch. Full batches go
-// to two compressor goroutines, which encode and compress them into records. One goroutine
-// (the disk goroutine) owns the spool: it appends the records, reads records back ahead of
-// need, acknowledges delivered records and deletes consumed segments. They talk only over
-// channels.
+// Data flow: one goroutine (the loop) owns src, Out or Deliveries, the pending batch and
+// the table of deliveries not yet done. Batches to store go to compressor goroutines,
+// which encode and compress them into records. One goroutine (the disk goroutine) owns the
+// spool and the read position: it appends records, reads records back ahead of need (two
+// decoder goroutines decompress them), records which messages are done and deletes
+// consumed segments. An error handler runs on a goroutine of its own. They talk only over
+// channels; shutdown is owned by the disk goroutine, which never waits on the others.
 package pelichan
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -25,56 +32,126 @@ import (
 	"github.com/pelichan/pelichan/spool"
 )
 
+// Delivery is a message handed out on Deliveries (with WithAcks).
+type Delivery[T any] struct {
+	Seq uint64 // numbers this Chan's deliveries 1, 2, 3, ...; a redelivery gets a new Seq
+	ID  MsgID  // the message's place in the spool; zero if it was never stored
+	Msg T
+}
+
 // Chan is a disk-buffered channel. Create it with New.
 type Chan[T any] struct {
 	src   <-chan T
 	out   chan T
+	dels  chan Delivery[T]
 	codec Codec[T]
 	opts  options
 	dir   string
 
 	closing   chan struct{} // closed by Close
-	counted   chan struct{} // closed by the disk goroutine once the backlog is counted
 	closeOnce sync.Once
-	done      chan struct{} // closed when both goroutines have finished
+	done      chan struct{} // closed when the loop and the disk goroutine have finished
 	closeErr  error
-	statsReq  chan chan Stats
-	final     Stats // the last snapshot, set before done is closed
+	counted   chan struct{} // closed once the backlog found at open is counted
 
-	// loop <-> disk goroutine
-	writeCh  chan []T          // batches to store, taken by the compressors; closed at shutdown
-	freeCh   chan []T          // empty batch slices coming back
-	recCh    chan encoded      // compressed records, from the compressors to the disk goroutine
-	refillCh chan *refill[T]   // batches read back from disk; closed when src is done and disk is empty
-	doneCh   chan *refill[T]   // refill batches fully handed out
-	srcDone  chan struct{}     // closed by the loop: src is closed and nothing more will be written
-	finishCh chan finishReq[T] // shutdown
+	st    counters
+	rep   *reporter
+	acks  *ackBox // nil without WithAcks
+	reqCh chan request[T]
+	// statsReq asks the loop to bring the counters up to date (it closes the reply).
+	statsReq chan chan struct{}
+
+	// loop -> compressors -> disk goroutine -> loop
+	writeCh  chan *batch[T]
+	freeCh   chan []T
+	recCh    chan encoded[T]
+	readyCh  chan *refill[T] // stored messages to hand out, in order
+	returnCh chan *refill[T] // refill items handed out, back to the disk goroutine
+	shadowCh chan *batch[T]  // deliveries written while they waited, with their IDs
+	ctlCh    chan ctl        // done messages and Sync barriers
+	idleCh   chan struct{}   // the disk goroutine has nothing more to hand out
+	srcDone  chan struct{}   // closed by the loop: src is closed
+	finishCh chan finishReq[T]
 
 	avgSize  atomic.Int64 // average encoded message size seen by the compressors
-	inflight atomic.Int64 // batches sent to writeCh and not yet stored
-	disk     diskStats
+	inflight atomic.Int64 // batches sent to the compressors and not yet through the disk goroutine
+	backlog  atomic.Bool  // the disk goroutine holds stored messages not yet handed to the loop
 }
 
-// refill is one record read back from disk and decoded.
+// request is a Store or Sync call, for the loop.
+type request[T any] struct {
+	store bool
+	v     T
+	reply chan error
+}
+
+// batch is messages on their way to the spool.
+type batch[T any] struct {
+	kind   batchKind
+	no     uint64 // numbers the batches the loop sends, for Sync
+	msgs   []T
+	seqs   []uint64    // bShadow: the deliveries they are
+	reply  chan error  // bStore
+	pooled bool        // msgs came from freeCh
+	front  bool        // at Close in ordered mode: in front of the backlog
+	ids    []MsgID     // filled by the disk goroutine: where each message went (zero: refused or lost)
+	refuse []bool      // filled by the compressor: messages refused
+	err    error       // why the batch could not be stored
+	recs   []storedRec // records written, in order
+	mem    *refill[T]  // bAhead: the refill item it is handed out from, if it fits in memory
+	decide bool        // bAhead: whether to hand it out from memory is decided
+}
+
+type batchKind uint8
+
+const (
+	bSpill  batchKind = iota // overflow: the consumer is behind
+	bAhead                   // write-ahead: stored, then handed out
+	bShadow                  // deliveries that waited too long in Out or unacknowledged
+	bStore                   // Store(v)
+	bClose                   // what Close takes back
+)
+
+type storedRec struct {
+	key recKey
+	n   int
+}
+
+// refill is stored messages for the loop to hand out: read back and decoded, or written
+// ahead and kept in memory.
 type refill[T any] struct {
-	seq  uint64       // order in which the disk goroutine read it
-	pos  spool.Cursor // the record; pos.Offset: messages of it delivered before
-	msgs []T
-	idx  []uint32 // idx[i]: position of msgs[i] in its record
+	seq    uint64 // order in which the disk goroutine dispatched it
+	key    recKey
+	msgs   []T
+	ids    []MsgID
+	before bool // an earlier Chan handed these out and they were not done
+	rec    *recState
 }
 
-// finishReq asks the disk goroutine to store the records still coming from the
-// compressors (recCh is closed when they are done) and close the spool.
+// ctl is a message from the loop to the disk goroutine.
+type ctl struct {
+	done []MsgID
+	sync *syncReq
+}
+
+type syncReq struct {
+	after uint64 // every batch up to this number must be stored first
+	reply chan error
+}
+
+// finishReq asks the disk goroutine to store what the loop holds, everything still in the
+// pipeline, and close the spool.
 type finishReq[T any] struct {
-	cursor *spool.Cursor // exact position of the refill batch being handed out, if any
-	front  []T           // ordered mode: messages taken back from Out, older than the backlog
-	reply  chan error
+	batches    []*batch[T]
+	done       []MsgID
+	shadowDone map[uint64]bool // deliveries done while being written: their copies are done too
+	reply      chan error
 }
 
 const batchPool = 4 // pending batch slices in circulation
 
-// compressors is how many goroutines encode and compress batches (zstd is the costliest
-// step): two, or one in ordered mode, where records must reach the disk in order.
+// compressors is how many goroutines encode and compress batches: two, or one in ordered
+// mode, where records must reach the disk in order.
 func (c *Chan[T]) compressors() int {
 	if c.opts.ordered {
 		return 1
@@ -82,9 +159,10 @@ func (c *Chan[T]) compressors() int {
 	return 2
 }
 
-// New opens (or creates) the spool in dir and starts moving messages from src to Out.
-// A backlog left in dir by an earlier Chan is delivered too. dir is locked until Close:
-// a second New on it fails with ErrLocked.
+// New opens (or creates) the spool in dir and starts moving messages from src to Out (or
+// Deliveries). A backlog left in dir by an earlier Chan is delivered too. dir is locked
+// until Close: a second New on it fails with ErrLocked. An invalid option makes New fail
+// with an error wrapping ErrInvalidOption.
 func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan[T], error) {
 	if src == nil {
 		return nil, fmt.Errorf("pelichan: New: nil source channel")
@@ -94,98 +172,205 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 	}
 	o := defaults()
 	for _, opt := range opts {
-		opt(&o)
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if err := o.check(); err != nil {
+		return nil, err
 	}
 	c := &Chan[T]{
-		src: src, out: make(chan T, o.buffer), codec: codec, opts: o, dir: dir,
+		src: src, codec: codec, opts: o, dir: dir,
 		closing:  make(chan struct{}),
 		counted:  make(chan struct{}),
 		done:     make(chan struct{}),
-		statsReq: make(chan chan Stats),
-		writeCh:  make(chan []T, 1),
-		recCh:    make(chan encoded),
+		reqCh:    make(chan request[T]),
+		statsReq: make(chan chan struct{}),
+		writeCh:  make(chan *batch[T], 1),
+		recCh:    make(chan encoded[T]),
 		freeCh:   make(chan []T, batchPool),
-		refillCh: make(chan *refill[T], 1),
-		doneCh:   make(chan *refill[T], refillPool),
+		readyCh:  make(chan *refill[T]),
+		returnCh: make(chan *refill[T], refillPool),
+		shadowCh: make(chan *batch[T]),
+		ctlCh:    make(chan ctl),
+		idleCh:   make(chan struct{}, 1),
 		srcDone:  make(chan struct{}),
 		finishCh: make(chan finishReq[T]),
 	}
+	if o.acks > 0 {
+		c.acks = newAckBox(o.acks)
+		c.dels = make(chan Delivery[T], o.buffer)
+		c.out = make(chan T)
+		close(c.out)
+	} else {
+		c.out = make(chan T, o.buffer)
+		c.dels = make(chan Delivery[T])
+		close(c.dels)
+	}
 	c.avgSize.Store(256)
+	c.rep = newReporter(o.errorHandler, &c.st)
+	var tr *tracker
 	sp, err := spool.Open(dir, spool.Options{
 		SegmentSize: o.segmentSize,
 		NoSync:      o.sync.never,
-		OnCorrupt:   c.disk.reportCorrupt(o.errorHandler),
+		// Records handed out from memory are never dropped by the full-disk and age
+		// policies: they are out, and their copies count once done.
+		Pinned: func(seq uint64) bool { return tr != nil && tr.pins(seq) },
+		OnCorrupt: func(err error) {
+			c.st.update(func(s *Stats) { s.Corrupt++ })
+			c.rep.report(err)
+		},
 	})
 	if err != nil {
+		c.rep.close()
 		return nil, fmt.Errorf("pelichan: open %s: %w", dir, err)
 	}
-	c.disk.publish(sp, sp.Peek().Undelivered)
+	var terr error
+	tr, terr = newTracker(sp.Extra())
+	if terr != nil {
+		c.st.update(func(s *Stats) { s.Corrupt++ })
+		c.rep.report(fmt.Errorf("pelichan: %s: %w; messages done after the cursor may be delivered again", dir, terr))
+	}
+	ss := sp.Peek()
+	// Segments counted late (in the background) are added as they are (see lateCounts).
+	// Messages the cursor file marks done leave it as the reader reaches them.
+	c.st.disk(ss, func(s *Stats) { s.OnDisk = ss.Undelivered - ss.Late })
+	c.backlog.Store(!sp.Empty())
 	for range batchPool {
 		c.freeCh <- make([]T, 0, 64)
 	}
 	var wg, cwg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); c.runDisk(sp) }()
+	go func() { defer wg.Done(); c.runDisk(sp, tr) }()
 	go func() { defer wg.Done(); c.loop() }()
 	for range c.compressors() {
 		cwg.Add(1)
 		go func() { defer cwg.Done(); c.compress() }()
 	}
 	go func() { defer wg.Done(); cwg.Wait(); close(c.recCh) }()
-	go func() { wg.Wait(); close(c.done) }()
+	go func() { wg.Wait(); close(c.done); c.rep.stopSoon() }()
 	return c, nil
 }
 
 // Out is the channel messages are delivered on. It is closed after Close, or once src is
-// closed and every message has been handed out.
-func (c *Chan[T]) Out() <-chan T { return c.out }
+// closed and every message has been received. Messages in its buffer are not done: Close
+// takes them back and stores them. With WithAcks, use Deliveries: Out is then closed from
+// the start and the misuse is reported to the error handler.
+func (c *Chan[T]) Out() <-chan T {
+	if c.acks != nil {
+		c.rep.report(fmt.Errorf("%w: Out on a Chan with WithAcks: receive from Deliveries", ErrMode))
+	}
+	return c.out
+}
 
-// Close stops reading src, stores everything the Chan holds in memory (including messages
-// in Out's buffer that nobody has received yet), makes it durable per the sync policy,
-// closes Out and releases the directory. It returns the first error met while storing.
-// Close is idempotent and safe to call from any goroutine.
+// Deliveries is the channel messages are delivered on with WithAcks. A delivery is done
+// once acknowledged (Ack, AckThrough). It is closed after Close, or once src is closed and
+// every delivery is acknowledged. Without WithAcks it is closed from the start and the
+// misuse is reported to the error handler.
+func (c *Chan[T]) Deliveries() <-chan Delivery[T] {
+	if c.acks == nil {
+		c.rep.report(fmt.Errorf("%w: Deliveries on a Chan without WithAcks: receive from Out", ErrMode))
+	}
+	return c.dels
+}
+
+// Close stops reading src, stores everything not yet done (the pending batch, what waits
+// in Out or Deliveries, deliveries not yet acknowledged), makes it durable per the sync
+// policy, closes Out and Deliveries and releases the directory. It always returns: at the
+// disk cap (which Close may exceed) and on a full disk (where what cannot be written is
+// reported in the error). It returns the first error met while storing. Close is
+// idempotent and safe to call from any goroutine, the error handler included.
 func (c *Chan[T]) Close() error {
 	c.closeOnce.Do(func() { close(c.closing) })
 	<-c.done
+	c.rep.close()
 	return c.closeErr
 }
 
-// Stats returns a snapshot of the Chan's counters.
-//
-// Right after New with a large backlog, the backlog's segments are counted in the
-// background (the first message does not wait for it); Stats waits for that once.
+// Stats returns a consistent snapshot of the Chan's counters. It takes one mutex and
+// never waits for the Chan's goroutines, except once, right after New with a large
+// backlog, for the backlog's segments to be counted.
 func (c *Chan[T]) Stats() Stats {
 	select {
 	case <-c.counted:
 	case <-c.done:
-		return c.final
+		return c.st.get()
 	}
-	reply := make(chan Stats, 1)
+	// Ask the loop first, so that what the consumer took from Out counts at once; while the
+	// Chan is closing, the counters as they are.
+	reply := make(chan struct{})
 	select {
 	case c.statsReq <- reply:
-		return <-reply
+		<-reply
+	case <-c.closing:
 	case <-c.done:
-		return c.final
+	}
+	return c.st.get()
+}
+
+// Store writes v to the spool, to be delivered later like any stored message (a consumer
+// giving back a message it could not send). It returns once v is written (and fsynced
+// under SyncAlways), an error if it could not be, and ErrClosed after Close. v counts in
+// Stats.Received.
+func (c *Chan[T]) Store(v T) error {
+	return c.call(context.Background(), request[T]{store: true, v: v, reply: make(chan error, 1)})
+}
+
+// Sync returns once every message received from src before the call that is not yet done
+// is written to the spool and fsynced (the pending batch goes out now, not at the linger
+// time), or when ctx ends. A producer that reads from a file into an unbuffered src uses it
+// to checkpoint its input offset.
+func (c *Chan[T]) Sync(ctx context.Context) error {
+	return c.call(ctx, request[T]{reply: make(chan error, 1)})
+}
+
+func (c *Chan[T]) call(ctx context.Context, r request[T]) error {
+	select {
+	case c.reqCh <- r:
+	case <-c.closing:
+		return ErrClosed
+	case <-c.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
+// syncWait is a Sync waiting for the loop to pass its barrier to the disk goroutine.
+type syncWait = syncReq
+
 // loopState is what the loop goroutine owns.
 type loopState[T any] struct {
-	c        *Chan[T]
-	pending  []T // spilled messages not yet written; nil while waiting for a free slice
-	ph       int // pending[:ph] were handed out from memory
-	cur      *refill[T]
-	ci       int // next message of cur to hand out
-	received int64
-	direct   int64
-	refilled int64
+	c       *Chan[T]
+	pending []T // messages waiting in memory to be written or handed out; nil while waiting for a free slice
+	ph      int // pending[:ph] were handed out
+	outq    []*batch[T]
+	cur     *refill[T]
+	ci      int
+	tab     *table[T]
+	memOnly int // deliveries in fMem
+	now     int64
+	batchNo uint64
+	delta   Stats // counter changes not yet published
+	doneIDs []MsgID
+	syncs   []*syncReq
+	// shadowDone: deliveries done while being written; their copies are done too.
+	shadowDone map[uint64]bool
+	ackBuf     []ackRange
 
 	linger    *time.Timer
 	lingerC   <-chan time.Time
-	flushNow  bool // the linger time passed: write the batch however small
+	flushNow  bool
+	tick      *time.Ticker
+	tickOn    bool
 	srcClosed bool
-	toldDisk  bool              // srcDone is closed
-	refillC   <-chan *refill[T] // nil once the disk goroutine closed it
+	toldDisk  bool
 }
 
 func (l *loopState[T]) queued() int { return len(l.pending) - l.ph }
@@ -193,33 +378,62 @@ func (l *loopState[T]) queued() int { return len(l.pending) - l.ph }
 // full reports whether the pending batch is to be written now.
 func (l *loopState[T]) full() bool {
 	q := l.queued()
-	return l.pending != nil && (q >= l.c.batchCount() || (l.flushNow && q > 0))
+	if l.pending == nil || q == 0 {
+		return false
+	}
+	if l.c.opts.writeAhead {
+		// Group commit: as soon as the previous write is taken.
+		return len(l.outq) == 0 && len(l.c.writeCh) == 0
+	}
+	return q >= l.c.batchCount() || l.flushNow
 }
 
 // accepting reports whether the loop may take a message from src.
 func (l *loopState[T]) accepting() bool {
-	return !l.srcClosed && l.pending != nil && !l.full()
+	return !l.srcClosed && l.pending != nil && l.queued() < l.c.batchCount()
 }
 
 // queueEmpty reports whether no message is queued ahead of a new one: always in unordered
-// mode; in ordered mode when nothing is pending, in flight to disk, on disk or being
+// mode; in ordered mode when nothing is pending, on its way to disk, on disk or being
 // handed out from a refill batch.
 func (l *loopState[T]) queueEmpty() bool {
 	return !l.c.opts.ordered ||
-		(l.queued() == 0 && l.cur == nil && l.c.inflight.Load() == 0 && l.c.disk.stored.Load() == 0)
+		(l.queued() == 0 && len(l.outq) == 0 && l.cur == nil && l.c.inflight.Load() == 0 && !l.c.backlog.Load())
 }
 
-// take handles a message received from src: straight to Out if it has room (and, in
-// ordered mode, nothing is queued ahead of it), else into the pending batch.
-func (l *loopState[T]) take(v T) {
-	l.received++
-	if l.queueEmpty() {
+// canSend reports whether another delivery may go out (WithAcks: the window).
+func (l *loopState[T]) canSend() bool {
+	return l.c.acks == nil || l.tab.out() < uint64(l.c.opts.acks)
+}
+
+// send hands v out without blocking; false if Out or Deliveries has no room.
+func (l *loopState[T]) send(v T, id MsgID) bool {
+	c := l.c
+	if c.acks == nil {
 		select {
-		case l.c.out <- v:
-			l.direct++
-			return
+		case c.out <- v:
+			return true
 		default:
+			return false
 		}
+	}
+	seq := l.tab.sent + 1
+	c.acks.hi.Store(seq)
+	select {
+	case c.dels <- Delivery[T]{Seq: seq, ID: id, Msg: v}:
+		return true
+	default:
+		return false
+	}
+}
+
+// take handles a message received from src (or given to Store... no: Store goes to disk).
+func (l *loopState[T]) take(v T) {
+	l.delta.Received++
+	l.delta.InMemory++
+	if !l.c.opts.writeAhead && l.queueEmpty() && l.canSend() && l.send(v, MsgID{}) {
+		l.sentMem(v)
+		return
 	}
 	if l.queued() == 0 {
 		l.linger.Reset(l.c.opts.linger)
@@ -228,37 +442,74 @@ func (l *loopState[T]) take(v T) {
 	l.pending = append(l.pending, v)
 }
 
-// next returns the message to hand out next, if any: from the refill batch, else from
-// the pending batch (memory first: it never went to disk).
-func (l *loopState[T]) next() (v T, ok bool) {
-	switch {
-	case l.cur != nil:
-		return l.cur.msgs[l.ci], true
-	case l.queued() > 0 && (!l.c.opts.ordered || (l.c.inflight.Load() == 0 && l.c.disk.stored.Load() == 0)):
-		return l.pending[l.ph], true
+// sentMem records a delivery from memory.
+func (l *loopState[T]) sentMem(v T) {
+	l.tab.push(flight[T]{v: v, at: l.now, st: fMem, direct: true})
+	l.memOnly++
+	if l.c.acks != nil {
+		l.delta.Unacked++
 	}
-	return v, false
+	l.startTick()
 }
 
-// handed records that the message from next went into Out.
+// next returns the message to hand out next, if any: from the refill batch, else from
+// the pending batch (memory first: it never went to disk).
+func (l *loopState[T]) next() (v T, id MsgID, ok bool) {
+	if !l.canSend() {
+		return v, id, false
+	}
+	switch {
+	case l.cur != nil:
+		return l.cur.msgs[l.ci], l.cur.ids[l.ci], true
+	case !l.c.opts.writeAhead && l.queued() > 0 &&
+		(!l.c.opts.ordered || (len(l.outq) == 0 && l.c.inflight.Load() == 0 && !l.c.backlog.Load())):
+		return l.pending[l.ph], MsgID{}, true
+	}
+	return v, id, false
+}
+
+// handed records that the message from next went out.
 func (l *loopState[T]) handed() {
 	if l.cur != nil {
-		l.refilled++
+		b := l.cur
+		l.tab.push(flight[T]{id: b.ids[l.ci], st: fDisk})
+		if l.c.acks != nil {
+			l.delta.Unacked++
+		}
+		if b.before {
+			l.delta.Redelivered++
+		}
 		l.ci++
-		if l.ci == len(l.cur.msgs) {
-			l.c.doneCh <- l.cur // never blocks: capacity refillPool
+		if l.ci == len(b.msgs) {
+			clear(b.msgs)
+			l.c.returnCh <- b // never blocks: capacity refillPool
 			l.cur = nil
 		}
+		l.startTick()
 		return
 	}
+	v := l.pending[l.ph]
 	var zero T
 	l.pending[l.ph] = zero
 	l.ph++
-	l.direct++
 	if l.ph == len(l.pending) {
 		l.pending, l.ph = l.pending[:0], 0
 		l.lingerC, l.flushNow = nil, false
 	}
+	l.sentMem(v)
+}
+
+// startTick runs the loop's ticker while deliveries are out: it notices what the consumer
+// took from Out and what waited too long only in memory.
+func (l *loopState[T]) startTick() {
+	if !l.tickOn {
+		l.tick.Reset(l.tickEvery())
+		l.tickOn = true
+	}
+}
+
+func (l *loopState[T]) tickEvery() time.Duration {
+	return min(max(l.c.opts.linger/4, time.Millisecond), 25*time.Millisecond)
 }
 
 // burst moves messages with non-blocking channel operations, which cost far less than
@@ -266,13 +517,9 @@ func (l *loopState[T]) handed() {
 func (l *loopState[T]) burst() {
 	for range 512 {
 		moved := false
-		if v, ok := l.next(); ok {
-			select {
-			case l.c.out <- v:
-				l.handed()
-				moved = true
-			default:
-			}
+		if v, id, ok := l.next(); ok && l.send(v, id) {
+			l.handed()
+			moved = true
 		}
 		if l.accepting() {
 			select {
@@ -293,44 +540,81 @@ func (l *loopState[T]) burst() {
 }
 
 func (c *Chan[T]) loop() {
-	l := &loopState[T]{c: c, linger: time.NewTimer(time.Hour), refillC: c.refillCh}
+	l := &loopState[T]{c: c, tab: newTable[T](), shadowDone: map[uint64]bool{},
+		linger: time.NewTimer(time.Hour), tick: time.NewTicker(time.Hour)}
 	l.linger.Stop()
+	l.tick.Stop()
 	defer l.linger.Stop()
+	defer l.tick.Stop()
 	l.pending = <-c.freeCh
+	var ackC <-chan struct{}
+	if c.acks != nil {
+		ackC = c.acks.notify
+	}
 	for {
+		l.now = time.Now().UnixNano()
+		l.reap()
 		l.burst()
+		l.reap()
+		if l.full() {
+			l.flush()
+		}
 		// Choose what each case may do this round (nil channels never fire).
 		var (
 			recvSrc  <-chan T
 			sendOut  chan<- T
-			sendDisk chan<- []T
+			sendDel  chan<- Delivery[T]
+			sendDisk chan<- *batch[T]
 			getFree  <-chan []T
-			getBatch <-chan *refill[T]
+			getReady <-chan *refill[T]
+			sendCtl  chan<- ctl
+			idleC    <-chan struct{}
+			head     *batch[T]
+			ctlMsg   ctl
+			del      Delivery[T]
 		)
 		if l.accepting() {
 			recvSrc = c.src
 		}
-		next, ok := l.next()
+		next, id, ok := l.next()
 		if ok {
-			sendOut = c.out
+			if c.acks == nil {
+				sendOut = c.out
+			} else {
+				del = Delivery[T]{Seq: l.tab.sent + 1, ID: id, Msg: next}
+				c.acks.hi.Store(del.Seq)
+				sendDel = c.dels
+			}
 		}
 		if l.cur == nil {
-			getBatch = l.refillC
+			getReady = c.readyCh
 		}
-		if l.full() {
-			sendDisk = c.writeCh
+		if len(l.outq) > 0 {
+			sendDisk, head = c.writeCh, l.outq[0]
 		}
 		if l.pending == nil {
 			getFree = c.freeCh
 		}
-		if l.srcClosed && l.queued() == 0 && l.pending != nil && !l.toldDisk {
-			close(c.srcDone) // nothing more will be written
+		if len(l.doneIDs) > 0 || len(l.syncs) > 0 {
+			sendCtl = c.ctlCh
+			ctlMsg.done = l.doneIDs
+			if len(l.syncs) > 0 {
+				ctlMsg.sync = l.syncs[0]
+			}
+		}
+		if l.srcClosed && !l.toldDisk && l.queued() == 0 && l.pending != nil {
+			close(c.srcDone)
 			l.toldDisk = true
 		}
-		if l.srcClosed && l.refillC == nil && l.cur == nil && l.queued() == 0 {
-			c.shutdown(l, false)
-			return
+		if l.srcClosed {
+			if l.finished() {
+				l.publish()
+				c.shutdown(l, false)
+				return
+			}
+			idleC = c.idleCh
 		}
+		l.publish()
 
 		select {
 		case v, ok := <-recvSrc:
@@ -341,31 +625,240 @@ func (c *Chan[T]) loop() {
 			l.take(v)
 		case sendOut <- next:
 			l.handed()
-		case b, ok := <-getBatch:
-			if !ok {
-				l.refillC = nil
-				continue
-			}
-			if len(b.msgs) == 0 {
-				c.doneCh <- b
-				continue
-			}
+		case sendDel <- del:
+			l.handed()
+		case b := <-getReady:
 			l.cur, l.ci = b, 0
-		case sendDisk <- l.pending[l.ph:]:
-			c.inflight.Add(1)
-			l.pending, l.ph = nil, 0
-			l.lingerC, l.flushNow = nil, false
+		case sendDisk <- head:
+			l.outq[0] = nil
+			l.outq = l.outq[1:]
 		case p := <-getFree:
 			l.pending = p[:0]
+		case sendCtl <- ctlMsg:
+			l.doneIDs = nil
+			if ctlMsg.sync != nil {
+				l.syncs = l.syncs[1:]
+			}
+		case b := <-c.shadowCh:
+			l.shadowed(b)
+		case r := <-c.reqCh:
+			l.request(r)
+		case r := <-c.statsReq:
+			l.reap()
+			l.publish()
+			close(r)
+		case <-ackC:
 		case <-l.lingerC:
 			l.lingerC, l.flushNow = nil, true
-		case r := <-c.statsReq:
-			r <- c.snapshot(l)
+		case <-l.tick.C:
+			l.stale()
+		case <-idleC:
 		case <-c.closing:
+			l.publish()
 			c.shutdown(l, true)
 			return
 		}
 	}
+}
+
+// finished reports, once src is closed, whether everything is done: nothing pending,
+// nothing on its way to or from the disk, every delivery done.
+func (l *loopState[T]) finished() bool {
+	c := l.c
+	return l.queued() == 0 && len(l.outq) == 0 && l.cur == nil && l.pending != nil &&
+		c.inflight.Load() == 0 && !c.backlog.Load() && l.tab.out() == 0 && len(l.doneIDs) == 0
+}
+
+// publish adds the loop's counter changes to the Stats.
+func (l *loopState[T]) publish() {
+	d := l.delta
+	if d == (Stats{}) {
+		return
+	}
+	l.delta = Stats{}
+	l.c.st.update(func(s *Stats) {
+		s.Received += d.Received
+		s.Direct += d.Direct
+		s.Refilled += d.Refilled
+		s.OnDisk += d.OnDisk
+		s.InMemory += d.InMemory
+		s.Unacked += d.Unacked
+		s.Redelivered += d.Redelivered
+		s.Dropped += d.Dropped
+	})
+}
+
+// reap marks done what the consumer took from Out, or what it acknowledged.
+func (l *loopState[T]) reap() {
+	t := l.tab
+	if l.c.acks == nil {
+		took := t.sent - uint64(len(l.c.out))
+		for s := t.floor + 1; s <= took; s++ {
+			l.markDone(s)
+		}
+		if took > t.floor {
+			t.floor = took
+			t.settle()
+		}
+	} else {
+		l.ackBuf = l.c.acks.take(l.ackBuf)
+		for _, r := range l.ackBuf {
+			for s := max(r.lo, t.floor+1); s <= r.hi && s <= t.sent; s++ {
+				if t.at(s).st != fDone {
+					l.markDone(s)
+				}
+			}
+		}
+		t.settle()
+	}
+	if t.out() == 0 && l.tickOn && l.memOnly == 0 {
+		l.tick.Stop()
+		l.tickOn = false
+	}
+}
+
+// markDone records that delivery seq is done.
+func (l *loopState[T]) markDone(seq uint64) {
+	f := l.tab.at(seq)
+	switch f.st {
+	case fMem:
+		l.delta.InMemory--
+		l.delta.Direct++
+		l.memOnly--
+	case fStoring:
+		l.delta.InMemory--
+		l.delta.Direct++
+		l.shadowDone[seq] = true
+	case fDisk:
+		l.delta.OnDisk--
+		if f.direct {
+			l.delta.Direct++
+		} else {
+			l.delta.Refilled++
+		}
+		l.doneIDs = append(l.doneIDs, f.id)
+	default:
+		return
+	}
+	if l.c.acks != nil {
+		l.delta.Unacked--
+	}
+	var zero T
+	f.v, f.st = zero, fDone
+}
+
+// stale writes the deliveries that waited only in memory for the linger time (the
+// consumer stalls, or holds them unacknowledged) to the spool.
+func (l *loopState[T]) stale() {
+	if l.memOnly == 0 {
+		return
+	}
+	limit := l.now - int64(l.c.opts.linger)
+	for s := l.tab.floor + 1; s <= l.tab.sent; s++ {
+		if f := l.tab.at(s); f.st == fMem && !f.stuck {
+			if f.at <= limit {
+				l.shadow()
+			}
+			return
+		}
+	}
+}
+
+// shadow writes every delivery that is only in memory to the spool. They stay where they
+// are (in Out's buffer or the consumer's hands); the copies count once they are done.
+func (l *loopState[T]) shadow() {
+	b := &batch[T]{kind: bShadow}
+	for s := l.tab.floor + 1; s <= l.tab.sent; s++ {
+		if f := l.tab.at(s); f.st == fMem && !f.stuck {
+			b.msgs = append(b.msgs, f.v)
+			b.seqs = append(b.seqs, s)
+			f.st = fStoring
+			l.memOnly--
+		}
+	}
+	if len(b.msgs) > 0 {
+		l.enqueue(b)
+	}
+}
+
+// shadowed takes the IDs of deliveries written while they waited.
+func (l *loopState[T]) shadowed(b *batch[T]) {
+	for i, seq := range b.seqs {
+		id := b.ids[i]
+		if l.shadowDone[seq] {
+			delete(l.shadowDone, seq)
+			if !id.IsZero() {
+				l.doneIDs = append(l.doneIDs, id)
+			}
+			continue
+		}
+		if seq <= l.tab.floor {
+			continue
+		}
+		f := l.tab.at(seq)
+		if f.st != fStoring {
+			continue
+		}
+		if id.IsZero() {
+			f.st = fMem // not written: keep it in memory, try again later unless refused
+			f.stuck = b.refuse != nil && b.refuse[i]
+			l.memOnly++
+			continue
+		}
+		var zero T
+		f.st, f.id, f.v = fDisk, id, zero
+		l.delta.InMemory--
+		l.delta.OnDisk++
+	}
+}
+
+// enqueue numbers b and queues it for the compressors.
+func (l *loopState[T]) enqueue(b *batch[T]) {
+	l.batchNo++
+	b.no = l.batchNo
+	l.c.inflight.Add(1)
+	l.outq = append(l.outq, b)
+}
+
+// flush queues the pending batch for the disk.
+func (l *loopState[T]) flush() {
+	if l.queued() == 0 || l.pending == nil {
+		return
+	}
+	kind := bSpill
+	if l.c.opts.writeAhead {
+		kind = bAhead
+	}
+	b := &batch[T]{kind: kind, msgs: l.pending[l.ph:], pooled: l.ph == 0}
+	if l.ph > 0 {
+		b.msgs = append([]T(nil), l.pending[l.ph:]...)
+		clear(l.pending)
+		select {
+		case l.c.freeCh <- l.pending[:0]:
+		default:
+		}
+	}
+	l.enqueue(b)
+	l.pending, l.ph = nil, 0
+	l.lingerC, l.flushNow = nil, false
+	select {
+	case p := <-l.c.freeCh:
+		l.pending = p[:0]
+	default:
+	}
+}
+
+// request handles Store and Sync.
+func (l *loopState[T]) request(r request[T]) {
+	if r.store {
+		l.delta.Received++
+		l.delta.InMemory++
+		l.enqueue(&batch[T]{kind: bStore, msgs: []T{r.v}, reply: r.reply})
+		return
+	}
+	l.flush()
+	l.shadow()
+	l.syncs = append(l.syncs, &syncReq{after: l.batchNo, reply: r.reply})
 }
 
 // batchCount is how many messages make a batch of about batchBytes.
@@ -374,54 +867,112 @@ func (c *Chan[T]) batchCount() int {
 	return min(max(n, 16), 1<<16)
 }
 
-// shutdown stores what the loop holds, closes the spool and Out, and records the final
-// stats. graceful is true for Close, false when src was closed and everything delivered.
+// shutdown hands what the loop holds to the disk goroutine, which stores it and closes the
+// spool, then closes Out or Deliveries. graceful is true for Close, false when src was
+// closed and everything is done.
 func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
-	req := finishReq[T]{reply: make(chan error, 1)}
+	req := finishReq[T]{reply: make(chan error, 1), shadowDone: l.shadowDone}
 	if graceful {
-		var drained []T
-	drain:
-		for {
-			select {
-			case v := <-c.out:
-				drained = append(drained, v)
-			default:
-				break drain
+		if c.acks != nil {
+			c.acks.close()
+			l.reap() // acknowledgements taken before Close count
+		}
+		var back []T // taken back from Out or Deliveries, and deliveries only in memory
+		if c.acks == nil {
+			back = c.drainOut(l)
+		} else {
+			c.drainDeliveries()
+			for s := l.tab.floor + 1; s <= l.tab.sent; s++ {
+				if f := l.tab.at(s); f.st == fMem {
+					back = append(back, f.v)
+				}
 			}
 		}
-		tail := [][]T{drained, l.pending[min(l.ph, len(l.pending)):]}
-		if c.opts.ordered {
-			req.front, tail = drained, tail[1:] // older than the backlog: in front of it
+		if len(back) > 0 {
+			// Ordered mode: they are older than everything stored; elsewhere anywhere will do.
+			req.batches = append(req.batches, &batch[T]{kind: bClose, msgs: back, front: c.opts.ordered})
 		}
-		for _, b := range tail {
-			if len(b) > 0 {
-				c.writeCh <- b // the compressors keep taking batches until writeCh is closed
-				c.inflight.Add(1)
-			}
+		req.batches = append(req.batches, l.outq...)
+		if q := l.pending[min(l.ph, len(l.pending)):]; len(q) > 0 {
+			req.batches = append(req.batches, &batch[T]{kind: bSpill, msgs: q})
 		}
-		if l.cur != nil {
-			pos := l.cur.pos
-			pos.Offset = l.cur.idx[l.ci]
-			req.cursor = &pos
+		for _, r := range l.syncs {
+			r.reply <- ErrClosed
 		}
 	}
+	req.done = l.doneIDs
+	l.publish()
 	close(c.writeCh)
-	c.finishCh <- req
+	c.finishCh <- req // the disk goroutine always takes it
 	c.closeErr = <-req.reply
-	close(c.out)
-	c.final = c.snapshot(l)
-	// Everything is on disk or delivered now; messages taken back from Out were stored again.
-	c.final.InMemory = 0
-	c.final.OnDisk = c.disk.undeliveredNow()
+	if c.acks != nil {
+		c.acks.close()
+		close(c.dels)
+	} else {
+		close(c.out)
+	}
+	// A Store or Sync that raced with Close.
+	for {
+		select {
+		case r := <-c.reqCh:
+			r.reply <- ErrClosed
+			continue
+		default:
+		}
+		break
+	}
 }
 
-// snapshot merges the loop's counters with the disk goroutine's.
-func (c *Chan[T]) snapshot(st *loopState[T]) Stats {
-	s, spilledSrc, dropSrc := c.disk.get()
-	s.Received = st.received
-	s.Direct = st.direct
-	s.Refilled = st.refilled
-	s.OnDisk -= st.refilled
-	s.InMemory = st.received - st.direct - spilledSrc - dropSrc
-	return s
+// drainOut takes back what waits in Out. The consumer may take some meanwhile; every
+// delivery is then done, by the consumer or by being stored again from what was taken
+// back (the counters assume the consumer took the oldest).
+func (c *Chan[T]) drainOut(l *loopState[T]) []T {
+	var back []T
+	for {
+		select {
+		case v := <-c.out:
+			back = append(back, v)
+			continue
+		default:
+		}
+		break
+	}
+	t := l.tab
+	took := t.sent - uint64(len(back))
+	for s := t.floor + 1; s <= t.sent; s++ {
+		if s <= took {
+			l.markDone(s)
+			continue
+		}
+		// Taken back: the message is in back, in memory, until stored again.
+		f := t.at(s)
+		switch f.st {
+		case fMem:
+			l.memOnly--
+		case fStoring:
+			l.shadowDone[s] = true // its copy is not to be delivered: back holds it
+		case fDisk:
+			l.delta.OnDisk--
+			l.delta.InMemory++
+			l.doneIDs = append(l.doneIDs, f.id)
+		}
+		var zero T
+		f.v, f.st = zero, fDone
+	}
+	t.floor = t.sent
+	t.settle()
+	return back
+}
+
+// drainDeliveries empties Deliveries' buffer: what the consumer did not receive is not
+// acknowledged and is handled as any unacknowledged delivery.
+func (c *Chan[T]) drainDeliveries() {
+	for {
+		select {
+		case <-c.dels:
+			continue
+		default:
+		}
+		return
+	}
 }

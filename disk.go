@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -14,123 +13,76 @@ import (
 	"github.com/pelichan/pelichan/spool"
 )
 
-// diskStats is what the disk goroutine publishes for Stats, under a mutex, once per
-// batch or event.
-type diskStats struct {
-	mu          sync.Mutex
-	s           Stats // disk-side fields
-	undelivered int64 // messages in records not yet acknowledged
-	ackedHanded int64 // messages of acknowledged refill batches that were handed out
-	spilledSrc  int64 // messages written that came from src this session (before Close)
-	dropSrc     int64 // messages from src refused (codec, too large)
-	// stored mirrors undelivered for the loop's lock-free "is anything queued on disk?"
-	stored atomic.Int64
-}
-
-// publish copies the spool's figures. also, if given, updates counters in the same
-// critical section, so that no snapshot sees one change without the other.
-func (d *diskStats) publish(sp *spool.Spool, undelivered int64, also ...func(*diskStats)) {
-	ss := sp.Peek()
-	d.mu.Lock()
-	for _, f := range also {
-		f(d)
-	}
-	d.s.Segments = ss.Segments
-	d.s.DiskBytes = ss.DiskBytes
-	d.s.BytesWritten = ss.BytesWritten
-	d.s.BytesRead = ss.BytesRead
-	d.s.RawBytesWritten = ss.RawWritten
-	if ss.BytesWritten > 0 {
-		d.s.CompressionRatio = float64(ss.RawWritten) / float64(ss.BytesWritten)
-	}
-	d.s.OldestAge = 0
-	if ss.Oldest > 0 {
-		d.s.OldestAge = time.Since(time.Unix(0, ss.Oldest))
-	}
-	if undelivered >= 0 {
-		d.undelivered = undelivered
-		// Segments still being counted after Open are not empty, as far as order goes.
-		d.stored.Store(undelivered + int64(ss.Counting))
-	}
-	d.mu.Unlock()
-}
-
-func (d *diskStats) update(f func(*diskStats)) {
-	d.mu.Lock()
-	f(d)
-	d.mu.Unlock()
-}
-
-// report counts err and passes it to the handler.
-func (d *diskStats) report(handler func(error), err error) {
-	d.mu.Lock()
-	d.s.Errors++
-	d.s.LastError = err.Error()
-	d.mu.Unlock()
-	handler(err)
-}
-
-func (d *diskStats) reportCorrupt(handler func(error)) func(error) {
-	return func(err error) {
-		d.mu.Lock()
-		d.s.Corrupt++
-		d.mu.Unlock()
-		d.report(handler, err)
-	}
-}
-
-// get returns the disk-side Stats, and the counts the loop needs for InMemory.
-func (d *diskStats) get() (s Stats, spilledSrc, dropSrc int64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	s = d.s
-	// The loop subtracts what it handed out beyond the acknowledged batches.
-	s.OnDisk = d.undelivered + d.ackedHanded
-	return s, d.spilledSrc, d.dropSrc
-}
-
 // encoded is a compressed record on its way from a compressor to the disk goroutine.
-type encoded struct {
-	rec   []byte     // nil for a batch that produced no record (every message refused)
-	n     int        // messages in rec
+type encoded[T any] struct {
+	rec   []byte // nil for the end of a batch that produced no more records
+	n     int    // messages in rec
+	b     *batch[T]
 	last  bool       // the last record of its batch
-	reply chan error // the compressor waits on it before reusing rec's buffer
+	reply chan error // the compressor waits on it before reusing rec's buffer (only if rec != nil)
 }
 
 // compress turns batches into records until writeCh is closed. Each compressor owns one
 // segment.Writer (and so one zstd encoder).
 func (c *Chan[T]) compress() {
-	w := segment.NewWriter(c.opts.batchBytes)
-	w.SetMaxMessage(c.opts.maxMessage)
+	w := c.newWriter()
 	defer w.Close()
 	reply := make(chan error, 1)
-	emit := func(last bool) {
-		if w.Len() == 0 {
-			if last {
-				c.recCh <- encoded{last: true}
-			}
-			return
-		}
-		n := w.Len()
-		c.avgSize.Store(int64(w.Size()/n) - 4)
-		c.recCh <- encoded{rec: w.Record(), n: n, last: last, reply: reply}
-		<-reply
-		w.Reset()
-	}
 	for b := range c.writeCh {
+		w.SetCompression(c.compression(len(c.writeCh) > 0))
 		w.SetTime(time.Now().UnixNano())
-		for _, v := range b {
-			c.encodeInto(w, v, func() { emit(false) }, true)
+		emit := func(last bool) {
+			n := w.Len()
+			if n == 0 && !last {
+				return
+			}
+			e := encoded[T]{n: n, b: b, last: last, reply: reply}
+			if n > 0 {
+				c.avgSize.Store(int64(w.Size()/n) - 4)
+				e.rec = w.Record()
+			}
+			c.recCh <- e
+			if e.rec != nil {
+				<-reply
+			}
+			w.Reset()
 		}
-		c.recycle(b)
+		for i, v := range b.msgs {
+			if err := c.encodeInto(w, v, func() { emit(false) }); err != nil {
+				c.refused(b, i, err)
+			}
+		}
+		if b.pooled && b.kind == bSpill {
+			c.recycle(b.msgs)
+			b.msgs = nil
+		}
 		emit(true)
 	}
 }
 
+func (c *Chan[T]) newWriter() *segment.Writer {
+	w := segment.NewWriter(c.opts.batchBytes)
+	w.SetMaxMessage(c.opts.maxMessage)
+	return w
+}
+
+// compression picks the compression of the next batch: with Auto, S2 when batches queue
+// behind the compressors, else zstd.
+func (c *Chan[T]) compression(behind bool) segment.Compression {
+	switch c.opts.compression {
+	case S2:
+		return segment.S2
+	case Auto:
+		if behind {
+			return segment.S2
+		}
+	}
+	return segment.Zstd
+}
+
 // encodeInto adds v to w. If v does not fit beside what w holds, flush writes w's record
-// out (and resets w) and v is tried again. A message the codec cannot encode, or one too
-// large, is counted as dropped (fromSrc: against src's accounting too) and reported.
-func (c *Chan[T]) encodeInto(w *segment.Writer, v T, flush func(), fromSrc bool) {
+// out (and resets w) and v is tried again.
+func (c *Chan[T]) encodeInto(w *segment.Writer, v T, flush func()) error {
 	encode := func(dst []byte) ([]byte, error) { return c.codec.Encode(dst, v) }
 	_, err := w.Add(encode)
 	if errors.Is(err, segment.ErrTooLarge) && w.Len() > 0 {
@@ -138,18 +90,28 @@ func (c *Chan[T]) encodeInto(w *segment.Writer, v T, flush func(), fromSrc bool)
 		_, err = w.Add(encode)
 	}
 	if err == nil {
-		return
+		return nil
 	}
 	if !errors.Is(err, segment.ErrTooLarge) {
 		err = fmt.Errorf("%w: encode: %w", ErrCodec, err)
 	}
-	c.disk.update(func(s *diskStats) {
-		s.s.Dropped++
-		if fromSrc {
-			s.dropSrc++
-		}
-	})
-	c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: message refused: %w", err))
+	return fmt.Errorf("pelichan: message refused: %w", err)
+}
+
+// refused counts and reports message i of b, which could not be encoded. A delivery being
+// written while it waits stays in memory (it is still out); anything else is dropped.
+func (c *Chan[T]) refused(b *batch[T], i int, err error) {
+	if b.refuse == nil {
+		b.refuse = make([]bool, len(b.msgs))
+	}
+	b.refuse[i] = true
+	if b.kind != bShadow {
+		c.st.update(func(s *Stats) { s.InMemory--; s.Dropped++ })
+	}
+	if b.kind == bStore {
+		b.err = err
+	}
+	c.rep.report(err)
 }
 
 // recycle clears a batch slice (so the GC can have its messages) and returns it to the pool.
@@ -157,52 +119,69 @@ func (c *Chan[T]) recycle(b []T) {
 	clear(b)
 	select {
 	case c.freeCh <- b[:0]:
-	default: // a slice made at shutdown, not one of the pool's
+	default:
 	}
 }
 
 // Refill: the disk goroutine reads records (cheap) and hands them, numbered, to the
 // decoders (zstd and the codec: the costly part); decoded batches go to the loop strictly
-// in number order, so the loop sees records in spool order and its cursor stays exact.
+// in number order.
 const (
-	refillPool = 4 // refill batches in circulation: decoding, waiting, with the loop
+	refillPool = 4 // refill items in circulation: decoding, waiting, with the loop
 	decoders   = 2
 )
 
 // decodeJob is one record for a decoder to turn into b.
 type decodeJob[T any] struct {
-	b    *refill[T]
-	data []byte // the record: the spool's buffers stay valid while referenced
+	b      *refill[T]
+	data   []byte   // the record: the spool's buffers stay valid while referenced
+	offset int      // messages before it are done (an old-style cursor)
+	done   []uint64 // messages done already, as a bitmap (nil: none)
+	result *decoded
+}
+
+// decoded is what a decoder could not deliver of a record.
+type decoded struct {
+	dropped []int // messages the codec refused
+	failed  bool  // the record could not be decoded at all
 }
 
 // diskState is what the disk goroutine owns.
 type diskState[T any] struct {
 	sp       *spool.Spool
-	free     []*refill[T] // refill batches not in use
+	tr       *tracker
+	free     []*refill[T]
 	jobs     chan decodeJob[T]
-	decoded  chan *refill[T]
-	decoding int                   // jobs out with the decoders
-	nextSeq  uint64                // number of the next record dispatched
-	orderSeq uint64                // number of the next batch to go to the loop
-	waiting  map[uint64]*refill[T] // decoded out of order
-	readyQ   []*refill[T]          // decoded, in order, waiting to be sent to the loop
-	dirty    bool                  // written since the last fsync
-	ckptSeg  uint64                // segment of the last checkpoint
-	moved    bool                  // acknowledged since the last checkpoint
-	retry    *encoded              // a record whose write failed, to be tried again
-	blocked  bool                  // the last write failed; reported once until one succeeds
-	closing  bool                  // in finish
+	decoded  chan decodeJob[T]
+	decoding int
+	nextSeq  uint64
+	orderSeq uint64
+	waiting  map[uint64]*refill[T]
+	readyQ   []*refill[T]
+	shadowQ  []*batch[T]
+	dirty    bool // written since the last fsync
+	retry    *encoded[T]
 	retryIn  time.Duration
+	blocked  bool // the last write failed; reported once until one succeeds
+	closing  bool // in finish: the cap is lifted, failures are final
+	lag      bool // records on disk not reached by the reader and not handed out from memory
 	srcDone  bool
-	refilled bool // refillCh is closed
+	through  uint64          // every batch up to this number is through
+	beyond   map[uint64]bool // batches through past it
+	syncs    []*syncReq
+	ticks    int
+	late     int64 // spool.Stats.Late already in OnDisk
 }
 
-func (c *Chan[T]) runDisk(sp *spool.Spool) {
+func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
 	d := &diskState[T]{
 		sp:      sp,
+		tr:      tr,
 		jobs:    make(chan decodeJob[T], refillPool),
-		decoded: make(chan *refill[T], refillPool),
+		decoded: make(chan decodeJob[T], refillPool),
 		waiting: make(map[uint64]*refill[T]),
+		beyond:  make(map[uint64]bool),
+		lag:     !sp.Empty(),
 	}
 	for range refillPool {
 		d.free = append(d.free, &refill[T]{})
@@ -226,30 +205,41 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 	retry.Stop()
 	defer retry.Stop()
 	srcDone := c.srcDone
-	recC := c.recCh
 	countedC := sp.Counted()
+	recC := c.recCh
 
 	for {
 		c.dispatch(d)
-		if d.srcDone && !d.refilled && len(d.readyQ) == 0 && d.decoding == 0 && d.retry == nil && c.inflight.Load() == 0 && sp.Empty() {
-			close(c.refillCh)
-			d.refilled = true
+		c.advance(d)
+		c.serveSyncs(d)
+		idle := !d.lag && len(d.readyQ) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
+		c.backlog.Store(!idle || countedC != nil && sp.Peek().Counting > 0)
+		if d.srcDone && idle {
+			select {
+			case c.idleCh <- struct{}{}:
+			default:
+			}
 		}
 		var (
-			sendC chan<- *refill[T]
-			recvC <-chan encoded
+			recvC   <-chan encoded[T]
+			readyC  chan<- *refill[T]
+			shadowC chan<- *batch[T]
+			ready   *refill[T]
+			shadow  *batch[T]
 		)
-		var ready *refill[T]
-		if len(d.readyQ) > 0 {
-			sendC, ready = c.refillCh, d.readyQ[0]
-		}
 		if d.retry == nil {
 			recvC = recC
+		}
+		if len(d.readyQ) > 0 {
+			readyC, ready = c.readyCh, d.readyQ[0]
+		}
+		if len(d.shadowQ) > 0 {
+			shadowC, shadow = c.shadowCh, d.shadowQ[0]
 		}
 		select {
 		case e, ok := <-recvC:
 			if !ok {
-				recC = nil // the compressors are done: only at shutdown
+				recC = nil // only at shutdown: finish follows
 				continue
 			}
 			if err := c.store(d, e); err != nil {
@@ -258,274 +248,533 @@ func (c *Chan[T]) runDisk(sp *spool.Spool) {
 				retry.Reset(d.retryIn)
 			}
 		case <-retry.C:
+			if d.retry == nil {
+				continue
+			}
 			if err := c.store(d, *d.retry); err != nil {
 				d.retryIn = min(2*d.retryIn, 100*time.Millisecond)
 				retry.Reset(d.retryIn)
 				continue
 			}
 			d.retry = nil
-		case sendC <- ready:
+		case readyC <- ready:
+			d.readyQ[0] = nil
 			d.readyQ = d.readyQ[1:]
-		case b := <-d.decoded:
+		case shadowC <- shadow:
+			d.shadowQ[0] = nil
+			d.shadowQ = d.shadowQ[1:]
+		case j := <-d.decoded:
 			d.decoding--
-			d.waiting[b.seq] = b
-			for {
-				w, ok := d.waiting[d.orderSeq]
-				if !ok {
-					break
-				}
-				delete(d.waiting, d.orderSeq)
-				d.readyQ = append(d.readyQ, w)
-				d.orderSeq++
+			c.decodedJob(d, j)
+		case b := <-c.returnCh:
+			d.free = append(d.free, b)
+		case m := <-c.ctlCh:
+			for _, id := range m.done {
+				d.tr.done(id)
 			}
-		case b := <-c.doneCh:
-			c.ack(d, b, spool.Cursor{Seg: b.pos.Seg, Index: b.pos.Index + 1})
+			if m.sync != nil {
+				d.syncs = append(d.syncs, m.sync)
+			}
 		case <-srcDone:
 			d.srcDone, srcDone = true, nil
 		case <-countedC:
 			countedC = nil
-			c.disk.publish(sp, sp.Stats().Undelivered)
+			c.lateCounts(d)
 			close(c.counted)
 		case <-syncC:
 			c.sync(d)
 		case <-ckpt.C:
 			c.checkpoint(d)
-			c.expire(d)
+			if d.ticks++; d.ticks%10 == 0 {
+				c.expire(d)
+			}
 		case req := <-c.finishCh:
-			req.reply <- c.finish(d, req, recC)
+			if countedC != nil {
+				close(c.counted)
+			}
+			req.reply <- c.finish(d, req)
 			return
 		}
 	}
 }
 
+// lateCounts adds to OnDisk the messages of segments the spool counted after Open.
+func (c *Chan[T]) lateCounts(d *diskState[T]) {
+	ss := d.sp.Stats()
+	n := ss.Late - d.late
+	d.late = ss.Late
+	c.st.disk(ss, func(s *Stats) { s.OnDisk += n })
+}
+
 // store appends one record and, with SyncAlways, makes it durable before its messages
 // count as stored. On success the compressor is told to go on; on error it waits while the
-// record is retried.
-func (c *Chan[T]) store(d *diskState[T], e encoded) error {
+// record is retried (until Close, when failures are final).
+func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
+	b := e.b
 	if e.rec != nil {
-		err := c.append(d, e.rec)
-		if errors.Is(err, ErrFull) && c.opts.whenFull == DropNewest {
-			c.disk.update(func(s *diskStats) { s.s.Dropped += int64(e.n); s.dropSrc += int64(e.n) })
-			c.disk.report(c.opts.errorHandler, fmt.Errorf("%w: %d messages dropped (drop-newest)", err, e.n))
+		if b.kind == bAhead && !b.decide {
+			b.decide = true
+			if !d.lag && len(d.free) > 0 && !d.closing {
+				b.mem = d.free[len(d.free)-1]
+				d.free = d.free[:len(d.free)-1]
+			}
+		}
+		pos, err := c.append(d, e.rec)
+		if errors.Is(err, ErrFull) && c.opts.whenFull == DropNewest && !d.closing && b.kind != bShadow {
+			n := int64(e.n)
+			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
+			c.rep.report(fmt.Errorf("%w: %d messages dropped (drop-newest)", err, e.n))
+			if b.kind == bStore {
+				b.err = fmt.Errorf("pelichan: store: %w (drop-newest)", err)
+			}
+			b.recs = append(b.recs, storedRec{n: e.n}) // no place: no IDs
 			e.reply <- nil
 			err, e.rec = nil, nil
 		}
 		if err != nil {
-			if !d.blocked {
-				c.disk.report(c.opts.errorHandler, fmt.Errorf("%w (blocking; will retry)", err))
+			if !d.blocked && !d.closing {
+				c.rep.report(fmt.Errorf("%w (blocking; will retry)", err))
 			}
 			d.blocked = true
 			return err
 		}
-		d.blocked = false
-	}
-	if e.rec != nil {
-		d.dirty = true
-		if c.opts.sync.always {
-			c.sync(d)
+		if e.rec != nil {
+			d.blocked = false
+			d.dirty = true
+			key := keyOf(pos)
+			b.recs = append(b.recs, storedRec{key: key, n: e.n})
+			if b.mem != nil || b.kind == bShadow {
+				// Handed out from memory: the reader passes over it.
+				d.tr.register(key, e.n)
+			} else {
+				d.lag = true
+			}
+			if c.opts.sync.always {
+				c.sync(d)
+			}
+			n := int64(e.n)
+			c.st.disk(d.sp.Peek(), func(s *Stats) {
+				s.Spilled += n
+				if b.kind != bShadow {
+					s.InMemory -= n
+					s.OnDisk += n
+				}
+			})
+			e.reply <- nil
 		}
-		c.disk.publish(d.sp, d.sp.Peek().Undelivered, func(s *diskStats) {
-			s.s.Spilled += int64(e.n)
-			s.spilledSrc += int64(e.n)
-		})
-		e.reply <- nil
 	}
 	if e.last {
-		c.inflight.Add(-1)
+		c.complete(d, b)
 	}
 	return nil
 }
 
-func (c *Chan[T]) sync(d *diskState[T]) {
-	if !d.dirty {
-		return
+// giveUp ends a record that could not be stored at Close: its messages are lost (counted
+// as dropped and reported), and the batch goes on.
+func (c *Chan[T]) giveUp(d *diskState[T], e encoded[T], err error) {
+	b := e.b
+	if e.rec != nil {
+		b.recs = append(b.recs, storedRec{n: e.n})
+		err = fmt.Errorf("pelichan: close: %d messages could not be stored: %w", e.n, err)
+		if b.err == nil {
+			b.err = err
+		}
+		if b.kind != bShadow { // a shadow's are counted when it is settled
+			n := int64(e.n)
+			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
+		}
+		c.rep.report(err)
+		e.reply <- err
 	}
-	if err := d.sp.Sync(); err != nil {
-		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
-		return
+	if e.last {
+		c.complete(d, b)
 	}
-	d.dirty = false
 }
 
-// dispatch reads records while there are refill batches free and hands them to the
-// decoders, numbered.
+// complete finishes a batch once its last record is through.
+func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
+	if b.kind == bAhead || b.kind == bShadow {
+		b.ids = make([]MsgID, len(b.msgs))
+		r, k := 0, 0
+		for i := range b.msgs {
+			if b.refuse != nil && b.refuse[i] {
+				continue
+			}
+			for r < len(b.recs) && k == b.recs[r].n {
+				r, k = r+1, 0
+			}
+			if r < len(b.recs) {
+				if key := b.recs[r].key; key != (recKey{}) {
+					b.ids[i] = key.id(k)
+				}
+				k++
+			}
+		}
+	}
+	switch b.kind {
+	case bStore:
+		if b.reply != nil {
+			b.reply <- b.err // capacity 1, one reply
+		}
+	case bAhead:
+		if m := b.mem; m != nil {
+			m.msgs, m.ids, m.before = m.msgs[:0], m.ids[:0], false
+			for i, v := range b.msgs {
+				if !b.ids[i].IsZero() {
+					m.msgs = append(m.msgs, v)
+					m.ids = append(m.ids, b.ids[i])
+				}
+			}
+			m.seq = d.nextSeq
+			d.nextSeq++
+			d.waiting[m.seq] = m
+			c.order(d)
+		}
+		if b.pooled {
+			c.recycle(b.msgs)
+		}
+	case bShadow:
+		d.shadowQ = append(d.shadowQ, b)
+	}
+	if b.no > 0 {
+		c.inflight.Add(-1)
+		d.beyond[b.no] = true
+		for d.beyond[d.through+1] {
+			delete(d.beyond, d.through+1)
+			d.through++
+		}
+	}
+}
+
+// serveSyncs answers the Sync calls whose batches are all through.
+func (c *Chan[T]) serveSyncs(d *diskState[T]) {
+	for len(d.syncs) > 0 && d.syncs[0].after <= d.through {
+		err := c.syncErr(d, true)
+		d.syncs[0].reply <- err
+		d.syncs = d.syncs[1:]
+	}
+}
+
+func (c *Chan[T]) sync(d *diskState[T]) { c.syncErr(d, false) }
+
+// syncErr fsyncs what was written since the last fsync, per the sync policy or, for
+// Sync, whatever it is.
+func (c *Chan[T]) syncErr(d *diskState[T], always bool) error {
+	if !d.dirty || (c.opts.sync.never && !always) {
+		return nil
+	}
+	if err := d.sp.Sync(); err != nil {
+		err = fmt.Errorf("pelichan: %w", err)
+		c.rep.report(err)
+		return err
+	}
+	d.dirty = false
+	return nil
+}
+
+// dispatch reads records while there are refill items free and hands them to the
+// decoders, numbered. Records this Chan hands out from memory are passed over.
 func (c *Chan[T]) dispatch(d *diskState[T]) {
 	read := false
 	for len(d.free) > 0 {
 		rec, err := d.sp.Next()
 		if errors.Is(err, io.EOF) {
+			d.lag = false
 			break
 		}
 		if err != nil {
-			c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
+			c.rep.report(fmt.Errorf("pelichan: %w", err))
 			break
+		}
+		read = true
+		rs, skip, pre := d.tr.reached(keyOf(rec.Pos), rec.Count, int(rec.Pos.Offset))
+		if pre > 0 {
+			c.st.update(func(s *Stats) { s.OnDisk -= int64(pre) })
+		}
+		if skip {
+			continue
 		}
 		b := d.free[len(d.free)-1]
 		d.free = d.free[:len(d.free)-1]
-		b.pos, b.seq = rec.Pos, d.nextSeq
+		b.key, b.seq, b.rec, b.before = rs.key, d.nextSeq, rs, rs.before
 		d.nextSeq++
 		d.decoding++
-		d.jobs <- decodeJob[T]{b: b, data: rec.Data} // never blocks: capacity refillPool
-		read = true
+		var done []uint64
+		if rs.bits != nil {
+			done = append(done, rs.bits...)
+		}
+		d.jobs <- decodeJob[T]{b: b, data: rec.Data, done: done} // never blocks: capacity refillPool
 	}
 	if read {
-		c.disk.publish(d.sp, -1)
+		ss := d.sp.Peek()
+		n := ss.Late - d.late
+		d.late = ss.Late
+		c.st.disk(ss, func(s *Stats) { s.OnDisk += n })
 	}
 }
 
-// decode turns records into refill batches until jobs is closed. Damaged records and
-// messages the codec refuses are reported and skipped; the batch still goes back, so that
-// it is acknowledged in order.
-func (c *Chan[T]) decode(jobs <-chan decodeJob[T], out chan<- *refill[T]) {
+// decodedJob takes a decoded record: what could not be decoded is done (dropped); the rest
+// goes to the loop in order.
+func (c *Chan[T]) decodedJob(d *diskState[T], j decodeJob[T]) {
+	b := j.b
+	var gone int64
+	if j.result.failed {
+		for i := range b.rec.count {
+			if d.tr.done(b.key.id(i)) {
+				gone++
+			}
+		}
+		c.st.update(func(s *Stats) { s.OnDisk -= gone; s.Dropped += gone; s.Corrupt++ })
+	} else if len(j.result.dropped) > 0 {
+		for _, i := range j.result.dropped {
+			if d.tr.done(b.key.id(i)) {
+				gone++
+			}
+		}
+		c.st.update(func(s *Stats) { s.OnDisk -= gone; s.Dropped += gone })
+	}
+	d.waiting[b.seq] = b
+	c.order(d)
+}
+
+// order moves the items whose turn it is to readyQ.
+func (c *Chan[T]) order(d *diskState[T]) {
+	for {
+		w, ok := d.waiting[d.orderSeq]
+		if !ok {
+			return
+		}
+		delete(d.waiting, d.orderSeq)
+		d.orderSeq++
+		if len(w.msgs) == 0 {
+			d.free = append(d.free, w)
+			continue
+		}
+		d.readyQ = append(d.readyQ, w)
+	}
+}
+
+// decode turns records into refill items until jobs is closed. Damaged records and
+// messages the codec refuses are reported and left out.
+func (c *Chan[T]) decode(jobs <-chan decodeJob[T], out chan<- decodeJob[T]) {
 	r := segment.NewReader()
 	defer r.Close()
 	for j := range jobs {
 		b := j.b
-		b.msgs, b.idx = b.msgs[:0], b.idx[:0]
+		res := &decoded{}
+		j.result = res
+		b.msgs, b.ids = b.msgs[:0], b.ids[:0]
 		batch, err := r.Decode(j.data)
 		if err != nil {
 			// The spool checked the CRC, so this is a bug or memory damage: report and skip.
-			c.disk.reportCorrupt(c.opts.errorHandler)(&CorruptionError{
-				Segment: fmt.Sprintf("%020d", b.pos.Seg), Index: b.pos.Index, Err: err})
-			out <- b
+			res.failed = true
+			c.rep.report(&CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Index: b.key.index, Err: err})
+			out <- j
 			continue
 		}
-		for i := int(b.pos.Offset); i < batch.Count; i++ {
+		for i := 0; i < batch.Count; i++ {
+			if j.done != nil && j.done[i/64]&(1<<(i%64)) != 0 {
+				continue
+			}
 			v, err := c.codec.Decode(batch.Message(i))
 			if err != nil {
-				c.disk.update(func(s *diskStats) { s.s.Dropped++ })
-				c.disk.report(c.opts.errorHandler, &DecodeError{
-					Segment: fmt.Sprintf("%020d", b.pos.Seg), Index: b.pos.Index, Message: i,
+				res.dropped = append(res.dropped, i)
+				c.rep.report(&DecodeError{
+					Segment: fmt.Sprintf("%020d", b.key.seg), Index: b.key.index, Message: i,
 					Raw: append([]byte(nil), batch.Message(i)...), Err: err})
 				continue
 			}
 			b.msgs = append(b.msgs, v)
-			b.idx = append(b.idx, uint32(i))
+			b.ids = append(b.ids, b.key.id(i))
 		}
-		out <- b // never blocks: capacity refillPool
+		out <- j // never blocks: capacity refillPool
 	}
 }
 
-// ack records that every message before pos was handed out.
-func (c *Chan[T]) ack(d *diskState[T], b *refill[T], pos spool.Cursor) {
-	handed := int64(len(b.msgs))
-	clear(b.msgs)
-	d.free = append(d.free, b)
+// advance moves the spool's cursor over the records whose messages are all done.
+func (c *Chan[T]) advance(d *diskState[T]) {
+	pos, moved := d.tr.advance()
+	if !moved {
+		return
+	}
 	if err := d.sp.Ack(pos); err != nil {
-		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
+		c.rep.report(fmt.Errorf("pelichan: %w", err))
 	}
-	d.moved = true
-	c.disk.publish(d.sp, d.sp.Peek().Undelivered, func(s *diskStats) { s.ackedHanded += handed })
-	if pos.Seg != d.ckptSeg {
-		c.checkpoint(d) // at least at every segment boundary
-	}
+	c.st.disk(d.sp.Peek(), nil)
 }
 
+// checkpoint saves the read position if it changed: the cursor and the done sets.
 func (c *Chan[T]) checkpoint(d *diskState[T]) {
-	if !d.moved {
+	c.advance(d)
+	if !d.tr.changed {
 		return
 	}
+	d.sp.SetExtra(d.tr.encode())
 	if err := d.sp.Checkpoint(); err != nil {
-		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
+		c.rep.report(fmt.Errorf("pelichan: %w", err))
 		return
 	}
-	d.moved = false
-	d.ckptSeg = d.sp.Cursor().Seg
+	d.tr.changed = false
 }
 
-// finish stores the records still coming from the compressors (the loop has sent its
-// leftovers and closed writeCh), applies the loop's exact cursor and closes the spool.
-func (c *Chan[T]) finish(d *diskState[T], req finishReq[T], recC <-chan encoded) error {
-	var errs []error
+// finish stores everything the loop and the pipeline hold and closes the spool. It never
+// waits for the other goroutines beyond what they already hold, and gives up on a write
+// after a few tries, so Close always returns.
+func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	d.closing = true
-	for {
-		select {
-		case b := <-c.doneCh:
-			c.ack(d, b, spool.Cursor{Seg: b.pos.Seg, Index: b.pos.Index + 1})
-			continue
-		default:
-		}
-		break
+	var errs []error
+	for _, id := range req.done {
+		d.tr.done(id)
 	}
-	put := func(e encoded) {
+	note := func(b *batch[T]) {
+		if b.err != nil {
+			errs = append(errs, b.err)
+		}
+	}
+	failed := false // once a write failed for good, later ones get one try each
+	put := func(e encoded[T]) {
 		var err error
-		for try := 0; try < 3; try++ {
+		for try := 0; ; try++ {
 			if err = c.store(d, e); err == nil {
 				return
 			}
-			time.Sleep(50 * time.Millisecond)
+			if failed || try == 2 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		errs = append(errs, fmt.Errorf("pelichan: close: %d messages could not be stored: %w", e.n, err))
-		e.reply <- err
-		if e.last {
-			c.inflight.Add(-1)
-		}
+		failed = true
+		c.giveUp(d, e, err)
 	}
 	if d.retry != nil {
 		put(*d.retry)
 		d.retry = nil
 	}
-	for recC != nil {
-		e, ok := <-recC
-		if !ok {
-			break
-		}
+	// The loop closed writeCh: the compressors finish what they hold and close recCh.
+	for e := range c.recCh {
 		put(e)
-	}
-	if req.cursor != nil {
-		if err := d.sp.Ack(*req.cursor); err != nil {
-			errs = append(errs, err)
+		if e.last {
+			note(e.b)
 		}
 	}
-	if len(req.front) > 0 {
-		if err := c.storeFront(d, req.front); err != nil {
-			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", len(req.front), err))
+	w := c.newWriter()
+	defer w.Close()
+	var front []*batch[T]
+	for _, b := range req.batches {
+		if b.front {
+			front = append(front, b)
+			continue
+		}
+		c.storeNow(d, w, b, put)
+		note(b)
+	}
+	// Deliveries written while they waited: their copies are done if they are.
+	for _, b := range d.shadowQ {
+		c.settleShadow(d, b, req.shadowDone)
+	}
+	d.shadowQ = nil
+	// The cursor moves over what is done before a front segment takes its place.
+	c.advance(d)
+	d.sp.SetExtra(d.tr.encode())
+	for _, b := range front {
+		if err := c.storeFront(d, w, b.msgs); err != nil {
+			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", len(b.msgs), err))
 		}
 	}
-	final := d.sp.Stats() // exact: waits for any background counting
 	if err := d.sp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
 	}
-	c.disk.publish(d.sp, final.Undelivered)
+	c.st.disk(d.sp.Peek(), nil)
 	return errors.Join(errs...)
 }
 
-func (d *diskStats) undeliveredNow() int64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.undelivered
+// settleShadow, at Close, does what the loop would have done with a shadow batch's IDs.
+func (c *Chan[T]) settleShadow(d *diskState[T], b *batch[T], done map[uint64]bool) {
+	if b.ids == nil {
+		return
+	}
+	var stored, lost int64
+	for i, seq := range b.seqs {
+		id := b.ids[i]
+		switch {
+		case done[seq]:
+			if !id.IsZero() {
+				d.tr.done(id)
+			}
+		case id.IsZero():
+			lost++
+		default:
+			stored++
+		}
+	}
+	c.st.update(func(s *Stats) {
+		s.InMemory -= stored + lost
+		s.OnDisk += stored
+		s.Dropped += lost
+	})
+}
+
+// storeNow encodes and stores b on the disk goroutine itself (at Close).
+func (c *Chan[T]) storeNow(d *diskState[T], w *segment.Writer, b *batch[T], put func(encoded[T])) {
+	w.Reset()
+	w.SetCompression(c.compression(false))
+	w.SetTime(time.Now().UnixNano())
+	reply := make(chan error, 1)
+	emit := func(last bool) {
+		n := w.Len()
+		if n == 0 && !last {
+			return
+		}
+		e := encoded[T]{n: n, b: b, last: last, reply: reply}
+		if n > 0 {
+			e.rec = w.Record()
+		}
+		put(e)
+		select {
+		case <-reply:
+		default:
+		}
+		w.Reset()
+	}
+	for i, v := range b.msgs {
+		if err := c.encodeInto(w, v, func() { emit(false) }); err != nil {
+			c.refused(b, i, err)
+		}
+	}
+	emit(true)
 }
 
 // append writes one record within the disk cap. At the cap, or on a full disk, the
 // drop-oldest policy deletes old segments and tries again; otherwise the error wraps
 // ErrFull and the caller applies the policy.
-func (c *Chan[T]) append(d *diskState[T], rec []byte) error {
+func (c *Chan[T]) append(d *diskState[T], rec []byte) (spool.Cursor, error) {
 	for {
 		var err error
-		// At Close, Block lets the cap be exceeded rather than lose what was in memory.
-		if c.opts.maxDisk > 0 && !(d.closing && c.opts.whenFull == Block) {
+		var pos spool.Cursor
+		// At Close the cap is lifted: what was in memory is stored rather than lost.
+		if c.opts.maxDisk > 0 && !d.closing {
 			if used := d.sp.Peek().DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {
 				err = fmt.Errorf("%w: %d bytes on disk, the cap is %d", ErrFull, used, c.opts.maxDisk)
 			}
 		}
 		if err == nil {
-			err = d.sp.Append(rec)
+			pos, err = d.sp.Append(rec)
 			if isNoSpace(err) {
 				err = fmt.Errorf("%w: %w", ErrFull, err)
 			}
 		}
 		if err != nil && !errors.Is(err, ErrFull) {
-			return fmt.Errorf("pelichan: %w", err)
+			return pos, fmt.Errorf("pelichan: %w", err)
 		}
-		if err == nil || c.opts.whenFull != DropOldest {
-			return err
+		if err == nil || c.opts.whenFull != DropOldest || d.closing {
+			return pos, err
 		}
 		n, ok, derr := d.sp.DropOldest()
 		if !ok {
-			return err // nothing may be dropped: block until the reader frees space
+			return pos, err // nothing may be dropped: block until the reader frees space
 		}
-		c.disk.update(func(s *diskStats) { s.s.Dropped += n })
-		c.disk.report(c.opts.errorHandler, errors.Join(
+		c.st.update(func(s *Stats) { s.OnDisk -= n; s.Dropped += n })
+		c.rep.report(errors.Join(
 			fmt.Errorf("pelichan: oldest segment dropped with %d messages (drop-oldest): %w", n, err), derr))
 	}
 }
@@ -541,20 +790,20 @@ func (c *Chan[T]) expire(d *diskState[T]) {
 	}
 	n, err := d.sp.DropOlderThan(time.Now().Add(-c.opts.maxAge).UnixNano())
 	if n > 0 {
-		c.disk.update(func(s *diskStats) { s.s.Dropped += n })
-		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %d messages older than %v dropped", n, c.opts.maxAge))
+		c.st.update(func(s *Stats) { s.OnDisk -= n; s.Dropped += n })
+		c.rep.report(fmt.Errorf("pelichan: %d messages older than %v dropped", n, c.opts.maxAge))
 	}
 	if err != nil {
-		c.disk.report(c.opts.errorHandler, fmt.Errorf("pelichan: %w", err))
+		c.rep.report(fmt.Errorf("pelichan: %w", err))
 	}
-	c.disk.publish(d.sp, d.sp.Peek().Undelivered)
+	c.st.disk(d.sp.Peek(), nil)
 }
 
 // storeFront encodes the messages taken back from Out (ordered mode) and puts them in front
 // of the backlog.
-func (c *Chan[T]) storeFront(d *diskState[T], msgs []T) error {
-	w := segment.NewWriter(c.opts.batchBytes)
-	defer w.Close()
+func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) error {
+	w.Reset()
+	w.SetCompression(c.compression(false))
 	w.SetTime(time.Now().UnixNano())
 	var recs [][]byte
 	stored := 0
@@ -563,17 +812,26 @@ func (c *Chan[T]) storeFront(d *diskState[T], msgs []T) error {
 		recs = append(recs, append([]byte(nil), w.Record()...))
 		w.Reset()
 	}
+	refused := 0
 	for _, v := range msgs {
-		c.encodeInto(w, v, flush, false)
+		if err := c.encodeInto(w, v, flush); err != nil {
+			refused++
+			c.rep.report(err)
+		}
 	}
-	n := w.Len()
-	if n > 0 {
+	if n := w.Len(); n > 0 {
 		stored += n
-		recs = append(recs, w.Record())
+		recs = append(recs, append([]byte(nil), w.Record()...))
 	}
 	if err := d.sp.Front(recs); err != nil {
+		c.st.update(func(s *Stats) { s.InMemory -= int64(len(msgs)); s.Dropped += int64(len(msgs)) })
 		return err
 	}
-	c.disk.update(func(s *diskStats) { s.s.Spilled += int64(stored) })
+	c.st.disk(d.sp.Peek(), func(s *Stats) {
+		s.Spilled += int64(stored)
+		s.InMemory -= int64(len(msgs))
+		s.OnDisk += int64(stored)
+		s.Dropped += int64(refused)
+	})
 	return nil
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // Errors, matched with errors.Is. Errors returned or reported by a Chan wrap one of these
-// with the path, segment or message they concern.
+// with the path, segment, option or message they concern.
 var (
 	// ErrLocked: another Chan, in this process or another, has the directory open.
 	ErrLocked = spool.ErrLocked
@@ -27,6 +27,15 @@ var (
 	// ErrFull: the spool reached WithMaxDiskBytes, or the disk is full. Reported with what
 	// the policy did (blocked, dropped the newest batch, dropped the oldest segment).
 	ErrFull = errors.New("pelichan: spool full")
+	// ErrInvalidOption: an option was given a value outside its range; the error names
+	// the option and the value.
+	ErrInvalidOption = errors.New("pelichan: invalid option")
+	// ErrAck: Ack or AckThrough was given a sequence number that was never delivered or
+	// was already acknowledged.
+	ErrAck = errors.New("pelichan: bad acknowledgement")
+	// ErrMode: a call that does not fit the Chan's mode (Out with WithAcks, Deliveries or
+	// Ack without it).
+	ErrMode = errors.New("pelichan: wrong mode")
 )
 
 // CorruptionError says where damaged data was found; it wraps ErrCorrupt.

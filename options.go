@@ -4,10 +4,11 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pelichan/pelichan/segment"
 	"github.com/pelichan/pelichan/spool"
 )
 
-// SyncPolicy says when spilled data is made durable with fsync.
+// SyncPolicy says when stored data is made durable with fsync.
 type SyncPolicy struct {
 	every  time.Duration
 	always bool
@@ -16,20 +17,18 @@ type SyncPolicy struct {
 
 var (
 	// SyncAlways makes every written batch durable before its messages count as stored:
-	// one fsync per batch (group commit), not per message.
+	// one fsync per write (group commit), not per message.
 	SyncAlways = SyncPolicy{always: true}
 	// SyncNever leaves durability to the operating system. A graceful Close still
 	// survives a process restart; a power cut may lose what the OS had not written back.
 	SyncNever = SyncPolicy{never: true}
 )
 
-// SyncEvery fsyncs the spool at most d after a batch is written. d <= 0 means SyncAlways.
-func SyncEvery(d time.Duration) SyncPolicy {
-	if d <= 0 {
-		return SyncAlways
-	}
-	return SyncPolicy{every: d}
-}
+// SyncEvery fsyncs the spool at most d after a batch is written. d must be positive
+// (WithSync refuses anything else).
+func SyncEvery(d time.Duration) SyncPolicy { return SyncPolicy{every: d} }
+
+func (p SyncPolicy) valid() bool { return p.always || p.never || p.every > 0 }
 
 func (p SyncPolicy) String() string {
 	switch {
@@ -42,7 +41,34 @@ func (p SyncPolicy) String() string {
 	}
 }
 
-// Option configures a Chan.
+// Compression names how spilled batches are compressed. Every compression stays readable:
+// a spool may hold records of several.
+type Compression int
+
+const (
+	// Zstd (the default): the best ratio (about 0.25 of the size on log lines).
+	Zstd Compression = iota
+	// S2: about three times faster than Zstd, a larger spool (about 0.4 of the size).
+	S2
+	// Auto: Zstd while the compressors keep up, S2 for batches that queue behind them,
+	// so a producer at full speed is not throttled to Zstd's speed.
+	Auto
+)
+
+func (c Compression) String() string {
+	switch c {
+	case Zstd:
+		return "zstd"
+	case S2:
+		return "s2"
+	case Auto:
+		return "auto"
+	}
+	return fmt.Sprintf("Compression(%d)", int(c))
+}
+
+// Option configures a Chan. An Option given an invalid value makes New fail with an error
+// wrapping ErrInvalidOption.
 type Option func(*options)
 
 type options struct {
@@ -58,6 +84,11 @@ type options struct {
 	maxMessage   int
 	maxAge       time.Duration
 	ordered      bool
+	acks         int // 0: no acknowledgements (done = received from Out)
+	writeAhead   bool
+	compression  Compression
+
+	err error // the first invalid value
 }
 
 // FullPolicy says what happens when the spool reaches WithMaxDiskBytes or the disk is full.
@@ -85,6 +116,16 @@ func (p FullPolicy) String() string {
 	return fmt.Sprintf("FullPolicy(%d)", int(p))
 }
 
+// Limits of the option values.
+const (
+	maxBuffer      = 1 << 24
+	minBatchBytes  = 64
+	maxBatchBytes  = 16 << 20
+	minSegmentSize = 1 << 10
+	maxSegmentSize = 1 << 30
+	maxUnackedMax  = 1 << 24
+)
+
 // defaults holds every default in one place.
 func defaults() options {
 	return options{
@@ -93,114 +134,205 @@ func defaults() options {
 		linger:       100 * time.Millisecond,
 		segmentSize:  spool.DefaultSegmentSize,
 		sync:         SyncEvery(time.Second),
-		checkpoint:   time.Second,
+		checkpoint:   100 * time.Millisecond,
 		errorHandler: func(error) {},
+		compression:  Zstd,
 	}
 }
 
-// WithBuffer sets the capacity of the Out channel (default 1024). Messages in it count as
-// handed out; Close takes back the ones not yet received and stores them.
+func (o *options) invalid(name string, v any, want string) {
+	if o.err == nil {
+		o.err = fmt.Errorf("%w: %s(%v): %s", ErrInvalidOption, name, v, want)
+	}
+}
+
+// check validates what depends on several options, after all were applied.
+func (o *options) check() error {
+	if o.err != nil {
+		return o.err
+	}
+	if o.maxDisk > 0 && o.maxDisk < 3*o.segmentSize {
+		return fmt.Errorf("%w: WithMaxDiskBytes(%d): below three segments of %d bytes (WithSegmentSize)",
+			ErrInvalidOption, o.maxDisk, o.segmentSize)
+	}
+	if o.maxMessage > 0 && o.maxMessage > segment.MaxRawSize {
+		return fmt.Errorf("%w: WithMaxMessageBytes(%d): above the record limit of %d bytes",
+			ErrInvalidOption, o.maxMessage, segment.MaxRawSize)
+	}
+	return nil
+}
+
+// WithBuffer sets the capacity of the Out (or Deliveries) channel, 0 to 16M (default
+// 1024). Messages in it are not done: Close takes back the ones not yet received and
+// stores them, and a consumer that stalls has them written to the spool after the linger
+// time.
 func WithBuffer(n int) Option {
 	return func(o *options) {
-		if n >= 0 {
-			o.buffer = n
+		if n < 0 || n > maxBuffer {
+			o.invalid("WithBuffer", n, fmt.Sprintf("want 0 to %d", maxBuffer))
+			return
 		}
+		o.buffer = n
 	}
 }
 
-// WithBatchBytes sets the raw size of a spilled batch, one disk record (default 64 KiB).
-// Larger batches compress better and cost more memory.
+// WithBatchBytes sets the raw size of a spilled batch, one disk record, 64 bytes to
+// 16 MiB (default 64 KiB). Larger batches compress better and cost more memory.
 func WithBatchBytes(n int) Option {
 	return func(o *options) {
-		if n > 0 {
-			o.batchBytes = n
+		if n < minBatchBytes || n > maxBatchBytes {
+			o.invalid("WithBatchBytes", n, fmt.Sprintf("want %d to %d", minBatchBytes, maxBatchBytes))
+			return
 		}
+		o.batchBytes = n
 	}
 }
 
-// WithLinger sets how long a spilled message may wait in memory for its batch to fill
-// before the batch is written anyway (default 100ms).
+// WithLinger sets how long a message may wait only in memory before it is written
+// anyway, however small its batch (default 100ms; positive, at most an hour). It bounds
+// what a crash can lose: a message not yet done stays only in memory for at most the
+// linger time plus one batch write.
 func WithLinger(d time.Duration) Option {
 	return func(o *options) {
-		if d > 0 {
-			o.linger = d
+		if d <= 0 || d > time.Hour {
+			o.invalid("WithLinger", d, "want more than 0 and at most 1h")
+			return
 		}
+		o.linger = d
 	}
 }
 
-// WithSegmentSize sets the size at which a spool segment is sealed and a new one begun
-// (default 2 MiB). Memory use grows with it: the segment being written and the one being
-// read are held in memory.
+// WithSegmentSize sets the size at which a spool segment is sealed and a new one begun,
+// 1 KiB to 1 GiB (default 2 MiB). Memory use grows with it: the segment being written and
+// the one being read are held in memory.
 func WithSegmentSize(n int64) Option {
 	return func(o *options) {
-		if n > 0 {
-			o.segmentSize = n
+		if n < minSegmentSize || n > maxSegmentSize {
+			o.invalid("WithSegmentSize", n, fmt.Sprintf("want %d to %d", minSegmentSize, maxSegmentSize))
+			return
 		}
+		o.segmentSize = n
 	}
 }
 
 // WithSync sets the sync policy (default SyncEvery(time.Second)).
 func WithSync(p SyncPolicy) Option {
-	return func(o *options) { o.sync = p }
+	return func(o *options) {
+		if !p.valid() {
+			o.invalid("WithSync", p, "SyncEvery needs a positive interval")
+			return
+		}
+		o.sync = p
+	}
 }
 
 // WithErrorHandler receives every error that does not stop the Chan: damaged records,
-// messages the codec cannot encode or decode, write errors that are retried. It is
-// called from the Chan's goroutines and must not block for long.
+// messages the codec cannot encode or decode, write errors that are retried. It is called
+// from a goroutine of its own, one error at a time, and may call Stats or Close; a handler
+// that falls more than 1024 errors behind misses the excess (they are still counted in
+// Stats.Errors). nil means no handler.
 func WithErrorHandler(f func(error)) Option {
 	return func(o *options) {
-		if f != nil {
-			o.errorHandler = f
+		if f == nil {
+			f = func(error) {}
 		}
+		o.errorHandler = f
 	}
 }
 
 // WithMaxDiskBytes caps the spool's segment files at n bytes (0: no cap). The spool never
 // grows past n by more than one batch; what happens at the cap is WithWhenFull's policy. A
-// full disk (ENOSPC) is treated the same way. Give room for at least three segments
-// (WithSegmentSize): the segment being read and the one being written are never dropped.
-// Under Block, Close stores what it holds in memory even past the cap, rather than lose it.
+// full disk (ENOSPC) is treated the same way. n must leave room for at least three
+// segments (WithSegmentSize): the segment being read and the one being written are never
+// dropped. Close stores what it holds in memory even past the cap, under every policy,
+// rather than lose it.
 func WithMaxDiskBytes(n int64) Option {
 	return func(o *options) {
-		if n >= 0 {
-			o.maxDisk = n
+		if n < 0 {
+			o.invalid("WithMaxDiskBytes", n, "want 0 (no cap) or more")
+			return
 		}
+		o.maxDisk = n
 	}
 }
 
 // WithWhenFull sets the policy at the disk cap or on a full disk (default Block).
 func WithWhenFull(p FullPolicy) Option {
-	return func(o *options) { o.whenFull = p }
+	return func(o *options) {
+		if p != Block && p != DropNewest && p != DropOldest {
+			o.invalid("WithWhenFull", p, "want Block, DropNewest or DropOldest")
+			return
+		}
+		o.whenFull = p
+	}
 }
 
-// WithMaxMessageBytes refuses to spill messages whose encoding is longer than n bytes:
-// they go to the error handler as ErrTooLarge and are counted in Stats.Dropped, never
-// written. It guards the disk: a message that passes straight to a waiting consumer is not
-// encoded and not checked.
+// WithMaxMessageBytes refuses to store messages whose encoding is longer than n bytes
+// (0: no limit but the record format's): they go to the error handler as ErrTooLarge and
+// are counted in Stats.Dropped, never written. It guards the disk: a message that passes
+// straight to a waiting consumer is not encoded and not checked.
 func WithMaxMessageBytes(n int) Option {
 	return func(o *options) {
-		if n > 0 {
-			o.maxMessage = n
+		if n < 0 {
+			o.invalid("WithMaxMessageBytes", n, "want 0 (no limit) or more")
+			return
 		}
+		o.maxMessage = n
 	}
 }
 
 // WithMaxAge drops whole stored segments whose newest message is older than d (checked
 // every second), counting them in Stats.Dropped: for those who would rather lose week-old
-// logs than today's. 0 keeps everything.
+// logs than today's. 0 (the default) keeps everything.
 func WithMaxAge(d time.Duration) Option {
 	return func(o *options) {
-		if d > 0 {
-			o.maxAge = d
+		if d < 0 {
+			o.invalid("WithMaxAge", d, "want 0 (keep everything) or more")
+			return
 		}
+		o.maxAge = d
 	}
 }
 
 // WithOrdered makes Out yield messages in src order across spill, refill and graceful
 // restarts: once anything is on disk, new messages go behind it, and at Close the messages
 // taken back from Out are stored in front of the backlog. It costs throughput: one
-// compressor instead of two, no direct pass while a backlog exists, and a copy of up to
-// one segment at Close.
+// compressor instead of two and no direct pass while a backlog exists.
 func WithOrdered() Option {
 	return func(o *options) { o.ordered = true }
+}
+
+// WithAcks turns on acknowledgements: messages are delivered on Deliveries (not Out) and
+// are done once acknowledged with Ack or AckThrough, not when received. At most
+// maxUnacked deliveries (1 to 16M) are out beyond the oldest unacknowledged one:
+// Deliveries waits while they are. Unacknowledged deliveries survive Close (and, once
+// older than the linger time, a crash) and are delivered again after New.
+func WithAcks(maxUnacked int) Option {
+	return func(o *options) {
+		if maxUnacked < 1 || maxUnacked > maxUnackedMax {
+			o.invalid("WithAcks", maxUnacked, fmt.Sprintf("want 1 to %d", maxUnackedMax))
+			return
+		}
+		o.acks = maxUnacked
+	}
+}
+
+// WithWriteAhead stores every message before it is delivered (group commit: a write
+// starts as soon as the previous one ends and takes whatever arrived meanwhile), and
+// delivers it from memory afterwards. Every Delivery then has an ID that stays the same
+// each time the message is delivered, across crashes, so a sink that deduplicates by it
+// gets each message exactly once. Under SyncAlways a message is fsynced before delivery.
+func WithWriteAhead() Option {
+	return func(o *options) { o.writeAhead = true }
+}
+
+// WithCompression sets how batches are compressed (default Zstd).
+func WithCompression(c Compression) Option {
+	return func(o *options) {
+		if c != Zstd && c != S2 && c != Auto {
+			o.invalid("WithCompression", c, "want Zstd, S2 or Auto")
+			return
+		}
+		o.compression = c
+	}
 }

@@ -1,0 +1,126 @@
+package pelichan
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// ackBox takes acknowledgements from the consumer's goroutines. It checks each against the
+// deliveries made (an unknown or repeated sequence number is an error) and queues them for
+// the loop, which owns the deliveries themselves. One mutex, held for a few bit operations.
+type ackBox struct {
+	mu     sync.Mutex
+	closed bool
+	floor  uint64   // every delivery up to floor is acknowledged
+	bits   []uint64 // acknowledged deliveries after floor, by seq modulo the ring size
+	mask   uint64
+	queue  []ackRange // acknowledged since the loop last looked
+	hi     atomic.Uint64
+	notify chan struct{}
+}
+
+// ackRange is the deliveries lo..hi, acknowledged.
+type ackRange struct{ lo, hi uint64 }
+
+func newAckBox(window int) *ackBox {
+	size := uint64(64)
+	for size < uint64(window)+2 {
+		size <<= 1
+	}
+	return &ackBox{bits: make([]uint64, size/64), mask: size - 1, notify: make(chan struct{}, 1)}
+}
+
+func (a *ackBox) isSet(seq uint64) bool {
+	i := seq & a.mask
+	return a.bits[i/64]&(1<<(i%64)) != 0
+}
+
+func (a *ackBox) flip(seq uint64) {
+	i := seq & a.mask
+	a.bits[i/64] ^= 1 << (i % 64)
+}
+
+// ack acknowledges lo..hi (through: every one not yet acknowledged; else lo == hi and it
+// must not be).
+func (a *ackBox) ack(lo, hi uint64, through bool) error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return fmt.Errorf("pelichan: ack %d: %w", hi, ErrClosed)
+	}
+	if hi == 0 || hi > a.hi.Load() {
+		a.mu.Unlock()
+		return fmt.Errorf("%w: %d was never delivered", ErrAck, hi)
+	}
+	if through {
+		lo = a.floor + 1
+		if hi < lo {
+			a.mu.Unlock()
+			return fmt.Errorf("%w: every delivery up to %d is already acknowledged", ErrAck, hi)
+		}
+		for s := lo; s <= hi; s++ {
+			if a.isSet(s) {
+				a.flip(s)
+			}
+		}
+		a.floor = hi
+	} else {
+		if lo <= a.floor || a.isSet(lo) {
+			a.mu.Unlock()
+			return fmt.Errorf("%w: %d is already acknowledged", ErrAck, lo)
+		}
+		if lo == a.floor+1 {
+			a.floor = lo
+		} else {
+			a.flip(lo)
+		}
+	}
+	for a.floor < a.hi.Load() && a.isSet(a.floor+1) {
+		a.flip(a.floor + 1)
+		a.floor++
+	}
+	a.queue = append(a.queue, ackRange{lo, hi})
+	a.mu.Unlock()
+	select {
+	case a.notify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// take returns the acknowledgements queued since the last call.
+func (a *ackBox) take(buf []ackRange) []ackRange {
+	a.mu.Lock()
+	buf = append(buf[:0], a.queue...)
+	a.queue = a.queue[:0]
+	a.mu.Unlock()
+	return buf
+}
+
+func (a *ackBox) close() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+}
+
+// Ack acknowledges one delivery: the message is done and is never delivered again after
+// a graceful restart. Acknowledgements may come in any order and from any goroutine. It
+// returns an error wrapping ErrAck for a sequence number never delivered or already
+// acknowledged, ErrClosed after Close, and ErrMode without WithAcks.
+func (c *Chan[T]) Ack(seq uint64) error {
+	if c.acks == nil {
+		return fmt.Errorf("%w: Ack needs WithAcks", ErrMode)
+	}
+	return c.acks.ack(seq, seq, false)
+}
+
+// AckThrough acknowledges every delivery up to seq not acknowledged yet (a cumulative
+// acknowledgement, as a consumer that sends in batches gives). It returns an error wrapping
+// ErrAck if seq was never delivered or every delivery up to it is acknowledged already.
+func (c *Chan[T]) AckThrough(seq uint64) error {
+	if c.acks == nil {
+		return fmt.Errorf("%w: AckThrough needs WithAcks", ErrMode)
+	}
+	return c.acks.ack(0, seq, true)
+}

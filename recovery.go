@@ -1,0 +1,345 @@
+package pelichan
+
+// This file is the Chan's half of recovery: what a Chan knows about the stored messages it
+// hands out (which are done, which were handed out), what it persists of that beside the
+// spool's cursor, and what New makes of it. The spool's half (torn tails, damaged
+// records, the cursor file) is in package spool.
+//
+// The read position is one thing, the tracker: the spool's cursor names the first record
+// not wholly done (every message before it is done), and the tracker adds, for the records
+// after it that the Chan has handed out from, which of their messages are done. Messages
+// are done out of order (acknowledgements come in any order; a message written to the
+// spool while it waited in Out is done when the consumer takes it), so the cursor alone
+// cannot say it. At every checkpoint (every 100 ms while something changed) and at Close,
+// the cursor is saved with the tracker's done sets; after a crash or a restart, reading
+// starts at the cursor and skips exactly the messages recorded as done. So:
+//   - on the graceful path nothing done is delivered again, and every message not done
+//     is (at least once: a delivered message that was not acknowledged comes again);
+//   - after a crash, messages done since the last checkpoint may come again;
+//   - a message is delivered again with the same MsgID, because it is read from the same
+//     place.
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/pelichan/pelichan/spool"
+)
+
+// recState is what the tracker knows of one record.
+type recState struct {
+	key    recKey
+	count  int
+	done   int      // messages done
+	bits   []uint64 // done messages; nil while none is
+	handed bool     // messages of it were handed out (for Redelivered after a restart)
+	before bool     // handed out by an earlier Chan and not done then
+}
+
+func (r *recState) isDone(i int) bool {
+	return r.bits != nil && r.bits[i/64]&(1<<(i%64)) != 0
+}
+
+// mark records message i as done; false if it was already.
+func (r *recState) mark(i int) bool {
+	if i < 0 || i >= r.count || r.isDone(i) {
+		return false
+	}
+	if r.bits == nil {
+		r.bits = make([]uint64, (r.count+63)/64)
+	}
+	r.bits[i/64] |= 1 << (i % 64)
+	r.done++
+	return true
+}
+
+func (r *recState) full() bool { return r.done >= r.count }
+
+// tracker is the read position: see the file comment. It is owned by the disk goroutine.
+//
+// Invariants: recs holds, in spool order, every record the reader has reached since the
+// first one not wholly done; ahead holds records written by this Chan and handed out from
+// memory that the reader has not reached yet (they are never read back: when the reader
+// reaches them they move to recs); pre holds what the cursor file said of records past the
+// cursor, until the reader reaches them.
+type tracker struct {
+	recs    []*recState
+	ahead   map[recKey]*recState
+	pre     map[recKey]*recState
+	popped  *recKey // the last record taken off recs, wholly done
+	changed bool    // since the last checkpoint
+}
+
+func newTracker(extra []byte) (*tracker, error) {
+	t := &tracker{ahead: map[recKey]*recState{}, pre: map[recKey]*recState{}}
+	if len(extra) == 0 {
+		return t, nil
+	}
+	recs, err := decodeDone(extra)
+	if err != nil {
+		return t, err
+	}
+	for _, r := range recs {
+		t.pre[r.key] = r
+	}
+	return t, nil
+}
+
+// reached records that the reader returned the record at key (count messages, the first
+// offset of them done already per an old-style cursor). It returns the record's state,
+// whether it is to be skipped (written and handed out by this Chan, or wholly done), and
+// how many of its messages the cursor file marked done.
+func (t *tracker) reached(key recKey, count int, offset int) (*recState, bool, int) {
+	if r, ok := t.ahead[key]; ok {
+		delete(t.ahead, key)
+		t.insert(r)
+		return r, true, 0
+	}
+	r, ok := t.pre[key]
+	pre := 0
+	if ok {
+		delete(t.pre, key)
+		if r.count != count { // not the record the cursor file meant: trust nothing of it
+			r = &recState{key: key, count: count}
+		}
+		r.before = r.handed
+		pre = r.done
+	} else {
+		r = &recState{key: key, count: count}
+	}
+	// The spool counts an old-style cursor's offset as delivered already.
+	for i := range min(offset, count) {
+		if r.mark(i) && pre > 0 {
+			continue
+		}
+	}
+	r.handed = true
+	t.insert(r)
+	t.changed = true
+	return r, r.full(), pre
+}
+
+// register records a record written by this Chan whose messages are handed out from
+// memory (write-ahead, or written while they waited for the consumer).
+func (t *tracker) register(key recKey, count int) *recState {
+	r := &recState{key: key, count: count, handed: true}
+	t.ahead[key] = r
+	t.changed = true
+	return r
+}
+
+func (t *tracker) insert(r *recState) {
+	n := len(t.recs)
+	if n == 0 || t.recs[n-1].key.less(r.key) {
+		t.recs = append(t.recs, r)
+		return
+	}
+	i, _ := slices.BinarySearchFunc(t.recs, r.key, func(a *recState, k recKey) int {
+		switch {
+		case a.key.less(k):
+			return -1
+		case k.less(a.key):
+			return 1
+		}
+		return 0
+	})
+	t.recs = slices.Insert(t.recs, i, r)
+}
+
+func (t *tracker) find(k recKey) *recState {
+	if r, ok := t.ahead[k]; ok {
+		return r
+	}
+	i, ok := slices.BinarySearchFunc(t.recs, k, func(a *recState, k recKey) int {
+		switch {
+		case a.key.less(k):
+			return -1
+		case k.less(a.key):
+			return 1
+		}
+		return 0
+	})
+	if ok {
+		return t.recs[i]
+	}
+	return nil
+}
+
+// done marks a message done. It returns false for an ID it does not track (the record
+// was dropped by a full-disk or age policy meanwhile) or a message already done.
+func (t *tracker) done(id MsgID) bool {
+	r := t.find(id.key())
+	if r == nil || !r.mark(int(id.Msg)) {
+		return false
+	}
+	t.changed = true
+	return true
+}
+
+// advance takes wholly done records off the front. It returns the cursor to acknowledge
+// in the spool, and false if it did not move.
+func (t *tracker) advance() (spool.Cursor, bool) {
+	moved := false
+	for len(t.recs) > 0 && t.recs[0].full() {
+		k := t.recs[0].key
+		t.popped = &k
+		t.recs[0] = nil
+		t.recs = t.recs[1:]
+		moved = true
+	}
+	if !moved {
+		return spool.Cursor{}, false
+	}
+	if len(t.recs) > 0 {
+		return spool.Cursor{Seg: t.recs[0].key.seg, Index: t.recs[0].key.index}, true
+	}
+	return spool.Cursor{Seg: t.popped.seg, Index: t.popped.index + 1}, true
+}
+
+// pins reports whether records of segment seq are handed out from memory.
+func (t *tracker) pins(seq uint64) bool {
+	for k := range t.ahead {
+		if k.seg == seq {
+			return true
+		}
+	}
+	return false
+}
+
+// forget drops what the tracker holds of records in segments the spool deleted (full-disk
+// and age policies delete segments the reader has not reached).
+func (t *tracker) forget(gone func(seg uint64) bool) {
+	for k := range t.ahead {
+		if gone(k.seg) {
+			delete(t.ahead, k)
+		}
+	}
+	for k := range t.pre {
+		if gone(k.seg) {
+			delete(t.pre, k)
+		}
+	}
+}
+
+// encode returns the done sets to save with the cursor: every record past the cursor with
+// a message done or handed out, including what the cursor file said of records not reached
+// yet.
+func (t *tracker) encode() []byte {
+	var all []*recState
+	for _, r := range t.recs {
+		if r.done > 0 || r.handed {
+			all = append(all, r)
+		}
+	}
+	for _, m := range []map[recKey]*recState{t.ahead, t.pre} {
+		for _, r := range m {
+			all = append(all, r)
+		}
+	}
+	return encodeDone(all)
+}
+
+// The done sets, saved as the spool cursor's extra bytes:
+//
+//	"pd" | version 1 | uvarint records | per record:
+//	    uvarint seg | uvarint index | uvarint count | flags byte (1: handed out) |
+//	    uvarint runs | per run: uvarint start (from the previous run's end) | uvarint length
+//
+// A run is a stretch of done messages. The spool's cursor file has its own CRC.
+const doneVersion = 1
+
+func encodeDone(recs []*recState) []byte {
+	b := []byte{'p', 'd', doneVersion}
+	b = binary.AppendUvarint(b, uint64(len(recs)))
+	for _, r := range recs {
+		b = binary.AppendUvarint(b, r.key.seg)
+		b = binary.AppendUvarint(b, r.key.index)
+		b = binary.AppendUvarint(b, uint64(r.count))
+		var flags byte
+		if r.handed {
+			flags = 1
+		}
+		b = append(b, flags)
+		var runs [][2]int
+		for i := 0; i < r.count; {
+			if !r.isDone(i) {
+				i++
+				continue
+			}
+			j := i
+			for j < r.count && r.isDone(j) {
+				j++
+			}
+			runs = append(runs, [2]int{i, j - i})
+			i = j
+		}
+		b = binary.AppendUvarint(b, uint64(len(runs)))
+		end := 0
+		for _, run := range runs {
+			b = binary.AppendUvarint(b, uint64(run[0]-end))
+			b = binary.AppendUvarint(b, uint64(run[1]))
+			end = run[0] + run[1]
+		}
+	}
+	return b
+}
+
+// maxRecordMessages bounds what a done set may claim of one record, so that a damaged
+// cursor file cannot make New allocate without bound.
+const maxRecordMessages = 1 << 24
+
+var errDoneSet = errors.New("pelichan: done sets in the cursor file")
+
+func decodeDone(b []byte) ([]*recState, error) {
+	if len(b) < 3 || b[0] != 'p' || b[1] != 'd' || b[2] != doneVersion {
+		return nil, fmt.Errorf("%w: %w: not version %d", ErrCorrupt, errDoneSet, doneVersion)
+	}
+	p := b[3:]
+	bad := fmt.Errorf("%w: %w: truncated or damaged", ErrCorrupt, errDoneSet)
+	next := func() (uint64, bool) {
+		v, n := binary.Uvarint(p)
+		if n <= 0 {
+			return 0, false
+		}
+		p = p[n:]
+		return v, true
+	}
+	n, ok := next()
+	if !ok || n > uint64(len(p)) {
+		return nil, bad
+	}
+	recs := make([]*recState, 0, n)
+	for range n {
+		seg, ok1 := next()
+		index, ok2 := next()
+		count, ok3 := next()
+		if !ok1 || !ok2 || !ok3 || len(p) < 1 || count == 0 || count > maxRecordMessages {
+			return nil, bad
+		}
+		r := &recState{key: recKey{seg, index}, count: int(count), handed: p[0]&1 != 0}
+		p = p[1:]
+		runs, ok := next()
+		if !ok || runs > count {
+			return nil, bad
+		}
+		end := uint64(0)
+		for range runs {
+			start, ok1 := next()
+			length, ok2 := next()
+			if !ok1 || !ok2 || length == 0 || start > count || length > count || end+start+length > count {
+				return nil, bad
+			}
+			for i := end + start; i < end+start+length; i++ {
+				r.mark(int(i))
+			}
+			end += start + length
+		}
+		recs = append(recs, r)
+	}
+	if len(p) != 0 {
+		return nil, bad
+	}
+	return recs, nil
+}
