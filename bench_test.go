@@ -3,6 +3,7 @@ package pelichan
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/pelichan/pelichan/internal/loggen"
 )
@@ -31,6 +32,7 @@ func waitStored[T any](c *Chan[T], n int64) {
 		if st.Received >= n && st.InMemory == 0 {
 			return
 		}
+		time.Sleep(100 * time.Microsecond)
 	}
 }
 
@@ -154,6 +156,71 @@ func BenchmarkPlainChanCopy(b *testing.B) {
 				close(src)
 			}()
 			for range out {
+			}
+		})
+	}
+}
+
+// BenchmarkAcks: a consumer that keeps up, without acknowledgements, acknowledging every
+// 200 deliveries with AckThrough, and acknowledging each one with Ack.
+func BenchmarkAcks(b *testing.B) {
+	lines, total := benchLines(4096)
+	for _, mode := range []string{"none", "through200", "each"} {
+		b.Run(mode, func(b *testing.B) {
+			src := make(chan []byte, 256)
+			opts := []Option{WithSync(SyncNever)}
+			if mode != "none" {
+				opts = append(opts, WithAcks(4096))
+			}
+			c, err := New(b.TempDir(), src, Bytes, opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(total / int64(len(lines)))
+			b.ReportAllocs()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				if mode == "none" {
+					for range c.Out() {
+					}
+					return
+				}
+				n := 0
+				for d := range c.Deliveries() {
+					n++
+					switch {
+					case mode == "each":
+						c.Ack(d.Seq)
+					case n%200 == 0:
+						c.AckThrough(d.Seq)
+					}
+				}
+			}()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				src <- lines[i%len(lines)]
+			}
+			close(src)
+			if mode == "through200" {
+				// The last partial batch: acknowledge whatever is out.
+				for {
+					select {
+					case <-done:
+					case <-time.After(time.Millisecond):
+						if s := c.Stats(); s.Unacked > 0 {
+							c.AckThrough(uint64(s.Direct + s.Refilled + s.Unacked))
+						}
+						continue
+					}
+					break
+				}
+			}
+			<-done
+			b.StopTimer()
+			b.ReportMetric(float64(c.Stats().Spilled)/float64(b.N), "spilled/op")
+			if err := c.Close(); err != nil {
+				b.Fatal(err)
 			}
 		})
 	}

@@ -226,15 +226,14 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		return nil, fmt.Errorf("pelichan: open %s: %w", dir, err)
 	}
 	var terr error
-	tr, terr = newTracker(sp.Extra())
+	tr, terr = newTracker(sp.Extra(), sp.Cursor())
 	if terr != nil {
 		c.st.update(func(s *Stats) { s.Corrupt++ })
 		c.rep.report(fmt.Errorf("pelichan: %s: %w; messages done after the cursor may be delivered again", dir, terr))
 	}
 	ss := sp.Peek()
 	// Segments counted late (in the background) are added as they are (see lateCounts).
-	// Messages the cursor file marks done leave it as the reader reaches them.
-	c.st.disk(ss, func(s *Stats) { s.OnDisk = ss.Undelivered - ss.Late })
+	c.st.disk(ss, func(s *Stats) { s.OnDisk = ss.Undelivered - ss.Late - tr.preDone() })
 	c.backlog.Store(!sp.Empty())
 	for range batchPool {
 		c.freeCh <- make([]T, 0, 64)

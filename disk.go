@@ -487,9 +487,9 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 			break
 		}
 		read = true
-		rs, skip, pre := d.tr.reached(keyOf(rec.Pos), rec.Count, int(rec.Pos.Offset))
-		if pre > 0 {
-			c.st.update(func(s *Stats) { s.OnDisk -= int64(pre) })
+		rs, skip, gone := d.tr.reached(keyOf(rec.Pos), rec.Count, int(rec.Pos.Offset))
+		if gone > 0 {
+			c.st.update(func(s *Stats) { s.OnDisk += int64(gone) })
 		}
 		if skip {
 			continue
@@ -675,6 +675,11 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	d.shadowQ = nil
 	// The cursor moves over what is done before a front segment takes its place.
 	c.advance(d)
+	if cur := d.sp.Cursor(); len(front) > 0 && cur.Seg < spool.FirstSeq {
+		// The cursor is in an earlier front segment: the new one takes over its rest
+		// (what the cursor's offset does not cover) and it is deleted.
+		d.tr.dropSeg(cur.Seg)
+	}
 	d.sp.SetExtra(d.tr.encode())
 	for _, b := range front {
 		if err := c.storeFront(d, w, b.msgs); err != nil {

@@ -2,6 +2,7 @@ package pelichan
 
 import (
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -12,7 +13,14 @@ import (
 func TestOrderedFIFOAcrossRestarts(t *testing.T) {
 	const n = 200_000
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
+	if v := os.Getenv("PELICHAN_SEED"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("PELICHAN_SEED: %v", err)
+		}
+		seed = n
+	}
+	t.Logf("seed %d (replay with PELICHAN_SEED=%d)", seed, seed)
 	r := rand.New(rand.NewPCG(seed, 1))
 	dir := t.TempDir()
 	src := make(chan string, 64)

@@ -68,12 +68,16 @@ type tracker struct {
 	recs    []*recState
 	ahead   map[recKey]*recState
 	pre     map[recKey]*recState
-	popped  *recKey // the last record taken off recs, wholly done
-	changed bool    // since the last checkpoint
+	popped  *recKey      // the last record taken off recs, wholly done
+	acked   spool.Cursor // the cursor last returned by advance
+	start   spool.Cursor // the cursor at open
+	changed bool         // since the last checkpoint
 }
 
-func newTracker(extra []byte) (*tracker, error) {
-	t := &tracker{ahead: map[recKey]*recState{}, pre: map[recKey]*recState{}}
+// newTracker starts from the done sets saved with the cursor (extra), forgetting those of
+// records before the cursor.
+func newTracker(extra []byte, cursor spool.Cursor) (*tracker, error) {
+	t := &tracker{ahead: map[recKey]*recState{}, pre: map[recKey]*recState{}, start: cursor, acked: cursor}
 	if len(extra) == 0 {
 		return t, nil
 	}
@@ -82,43 +86,70 @@ func newTracker(extra []byte) (*tracker, error) {
 		return t, err
 	}
 	for _, r := range recs {
-		t.pre[r.key] = r
+		if !r.key.less(recKey{cursor.Seg, cursor.Index}) {
+			t.pre[r.key] = r
+		}
 	}
 	return t, nil
+}
+
+// preDone is how many messages the cursor file marks done past the cursor: stored, but
+// not to be delivered.
+func (t *tracker) preDone() int64 {
+	var n int64
+	for _, r := range t.pre {
+		n += int64(r.done)
+		if r.key == (recKey{t.start.Seg, t.start.Index}) {
+			// The spool counts the cursor's offset as delivered already.
+			for i := range min(int(t.start.Offset), r.count) {
+				if r.isDone(i) {
+					n--
+				}
+			}
+		}
+	}
+	return n
 }
 
 // reached records that the reader returned the record at key (count messages, the first
 // offset of them done already per an old-style cursor). It returns the record's state,
 // whether it is to be skipped (written and handed out by this Chan, or wholly done), and
-// how many of its messages the cursor file marked done.
+// how many messages the cursor file marked done in records the reader passed without
+// finding them (counted out of OnDisk at open, wrongly).
 func (t *tracker) reached(key recKey, count int, offset int) (*recState, bool, int) {
 	if r, ok := t.ahead[key]; ok {
 		delete(t.ahead, key)
 		t.insert(r)
 		return r, true, 0
 	}
+	gone := 0
+	for k, r := range t.pre {
+		if k.less(key) {
+			// A record the reader passed without finding it (dropped, or damaged): its done
+			// messages were never on disk after all.
+			delete(t.pre, k)
+			gone += r.done
+			t.changed = true
+		}
+	}
 	r, ok := t.pre[key]
-	pre := 0
 	if ok {
 		delete(t.pre, key)
 		if r.count != count { // not the record the cursor file meant: trust nothing of it
 			r = &recState{key: key, count: count}
 		}
 		r.before = r.handed
-		pre = r.done
 	} else {
 		r = &recState{key: key, count: count}
 	}
-	// The spool counts an old-style cursor's offset as delivered already.
+	// An old-style cursor's offset: the spool counts those as delivered already.
 	for i := range min(offset, count) {
-		if r.mark(i) && pre > 0 {
-			continue
-		}
+		r.mark(i)
 	}
 	r.handed = true
 	t.insert(r)
 	t.changed = true
-	return r, r.full(), pre
+	return r, r.full(), gone
 }
 
 // register records a record written by this Chan whose messages are handed out from
@@ -179,23 +210,48 @@ func (t *tracker) done(id MsgID) bool {
 }
 
 // advance takes wholly done records off the front. It returns the cursor to acknowledge
-// in the spool, and false if it did not move.
+// in the spool, and false if it did not move. The cursor names the first record not wholly
+// done and, as its Offset, how many of that record's first messages are done (the spool
+// counts them delivered, and copies only the rest when a front segment replaces it).
 func (t *tracker) advance() (spool.Cursor, bool) {
-	moved := false
 	for len(t.recs) > 0 && t.recs[0].full() {
 		k := t.recs[0].key
 		t.popped = &k
 		t.recs[0] = nil
 		t.recs = t.recs[1:]
-		moved = true
 	}
-	if !moved {
-		return spool.Cursor{}, false
+	var c spool.Cursor
+	switch {
+	case len(t.recs) > 0:
+		r := t.recs[0]
+		off := 0
+		for off < r.count && r.isDone(off) {
+			off++
+		}
+		c = spool.Cursor{Seg: r.key.seg, Index: r.key.index, Offset: uint32(off)}
+	case t.popped != nil:
+		c = spool.Cursor{Seg: t.popped.seg, Index: t.popped.index + 1}
+	default:
+		return c, false
 	}
-	if len(t.recs) > 0 {
-		return spool.Cursor{Seg: t.recs[0].key.seg, Index: t.recs[0].key.index}, true
+	if c == t.acked {
+		return c, false
 	}
-	return spool.Cursor{Seg: t.popped.seg, Index: t.popped.index + 1}, true
+	t.acked = c
+	return c, true
+}
+
+// dropSeg forgets the records of segment seq.
+func (t *tracker) dropSeg(seq uint64) {
+	t.recs = slices.DeleteFunc(t.recs, func(r *recState) bool { return r.key.seg == seq })
+	for _, m := range []map[recKey]*recState{t.ahead, t.pre} {
+		for k := range m {
+			if k.seg == seq {
+				delete(m, k)
+			}
+		}
+	}
+	t.changed = true
 }
 
 // pins reports whether records of segment seq are handed out from memory.
@@ -238,7 +294,7 @@ func (t *tracker) encode() []byte {
 			all = append(all, r)
 		}
 	}
-	return encodeDone(all)
+	return encodeDone(all, t.acked)
 }
 
 // The done sets, saved as the spool cursor's extra bytes:
@@ -250,7 +306,9 @@ func (t *tracker) encode() []byte {
 // A run is a stretch of done messages. The spool's cursor file has its own CRC.
 const doneVersion = 1
 
-func encodeDone(recs []*recState) []byte {
+// encodeDone leaves out the messages of the cursor's record that its offset covers (the
+// spool counts them delivered).
+func encodeDone(recs []*recState, cursor spool.Cursor) []byte {
 	b := []byte{'p', 'd', doneVersion}
 	b = binary.AppendUvarint(b, uint64(len(recs)))
 	for _, r := range recs {
@@ -263,7 +321,11 @@ func encodeDone(recs []*recState) []byte {
 		}
 		b = append(b, flags)
 		var runs [][2]int
-		for i := 0; i < r.count; {
+		from := 0
+		if r.key == (recKey{cursor.Seg, cursor.Index}) {
+			from = int(cursor.Offset)
+		}
+		for i := from; i < r.count; {
 			if !r.isDone(i) {
 				i++
 				continue

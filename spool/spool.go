@@ -24,12 +24,16 @@ const (
 	formatLine = "pelichan-spool 1\n"
 	// firstSeq numbers the first segment of a new spool, leaving room below it should a
 	// later version put segments in front of the backlog.
-	firstSeq = 1 << 32
+	firstSeq = FirstSeq
 	// DefaultSegmentSize is where a segment is sealed and a new one started.
 	DefaultSegmentSize = 2 << 20
 	maxBroken          = 8       // *.broken evidence files kept
 	maxBrokenBytes     = 1 << 20 // bytes kept of one cut tail
 )
+
+// FirstSeq numbers the first segment of a new spool. Front segments (see Front) are
+// numbered below it, every other segment at or above it.
+const FirstSeq = 1 << 32
 
 // Options configure a Spool. The zero value is valid.
 type Options struct {
