@@ -2,6 +2,7 @@ package pelichan
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -223,5 +224,43 @@ func BenchmarkAcks(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+}
+
+// BenchmarkIdleAfterSpill: heap held per Chan that spilled 5,000 lines, drained them and
+// went idle (compressor and decoder state released after a second without work).
+func BenchmarkIdleAfterSpill(b *testing.B) {
+	lines, _ := benchLines(5000)
+	const chans = 20
+	for i := 0; i < b.N; i++ {
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		cs := make([]*Chan[[]byte], chans)
+		for k := range cs {
+			src := make(chan []byte)
+			c, err := New(b.TempDir(), src, Bytes, WithBuffer(100))
+			if err != nil {
+				b.Fatal(err)
+			}
+			cs[k] = c
+			for _, l := range lines {
+				src <- l
+			}
+			waitStored(c, int64(len(lines)))
+			for range lines {
+				<-c.Out()
+			}
+		}
+		time.Sleep(idleRelease + 500*time.Millisecond)
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/chans, "heap-bytes/chan")
+		for _, c := range cs {
+			if err := c.Close(); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 }

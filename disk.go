@@ -25,39 +25,73 @@ type encoded[T any] struct {
 // compress turns batches into records until writeCh is closed. Each compressor owns one
 // segment.Writer (and so one zstd encoder).
 func (c *Chan[T]) compress() {
-	w := c.newWriter()
-	defer w.Close()
+	var w *segment.Writer // made on demand, released when idle: an idle Chan stays small
+	defer func() {
+		if w != nil {
+			w.Close()
+		}
+	}()
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
 	reply := make(chan error, 1)
-	for b := range c.writeCh {
-		w.SetCompression(c.compression(len(c.writeCh) > 0))
-		w.SetTime(time.Now().UnixNano())
-		emit := func(last bool) {
-			n := w.Len()
-			if n == 0 && !last {
+	for {
+		var b *batch[T]
+		select {
+		case bb, ok := <-c.writeCh:
+			if !ok {
 				return
 			}
-			e := encoded[T]{n: n, b: b, last: last, reply: reply}
-			if n > 0 {
-				c.avgSize.Store(int64(w.Size()/n) - 4)
-				e.rec = w.Record()
+			b = bb
+		case <-idle.C:
+			if w != nil {
+				w.Close()
+				w = nil
 			}
-			c.recCh <- e
-			if e.rec != nil {
-				<-reply
-			}
-			w.Reset()
+			continue
 		}
-		for i, v := range b.msgs {
-			if err := c.encodeInto(w, v, func() { emit(false) }); err != nil {
-				c.refused(b, i, err)
-			}
+		if w == nil {
+			w = c.newWriter()
 		}
-		if b.pooled && b.kind == bSpill {
-			c.recycle(b.msgs)
-			b.msgs = nil
-		}
-		emit(true)
+		idle.Reset(idleRelease)
+		c.compressBatch(w, b, reply)
 	}
+}
+
+// idleRelease is how long a compressor or decoder keeps its state without work.
+const idleRelease = time.Second
+
+// compressBatch encodes b into records and hands them to the disk goroutine.
+func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T], reply chan error) {
+	w.Reset()
+	w.SetCompression(c.compression(len(c.writeCh) > 0))
+	w.SetTime(time.Now().UnixNano())
+	emit := func(last bool) {
+		n := w.Len()
+		if n == 0 && !last {
+			return
+		}
+		e := encoded[T]{n: n, b: b, last: last, reply: reply}
+		if n > 0 {
+			c.avgSize.Store(int64(w.Size()/n) - 4)
+			e.rec = w.Record()
+		}
+		c.recCh <- e
+		if e.rec != nil {
+			<-reply
+		}
+		w.Reset()
+	}
+	for i, v := range b.msgs {
+		if err := c.encodeInto(w, v, func() { emit(false) }); err != nil {
+			c.refused(b, i, err)
+		}
+	}
+	if b.pooled && b.kind == bSpill {
+		c.recycle(b.msgs)
+		b.msgs = nil
+	}
+	emit(true)
 }
 
 func (c *Chan[T]) newWriter() *segment.Writer {
@@ -171,6 +205,7 @@ type diskState[T any] struct {
 	syncs    []*syncReq
 	ticks    int
 	late     int64 // spool.Stats.Late already in OnDisk
+	dirtyAt  int64 // when the last record was written, until the segment is sealed idle
 }
 
 func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
@@ -285,6 +320,15 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
 			c.sync(d)
 		case <-ckpt.C:
 			c.checkpoint(d)
+			if d.dirtyAt != 0 && time.Since(time.Unix(0, d.dirtyAt)) > idleRelease && d.retry == nil {
+				// Idle: a segment the reader finished is sealed (and deleted once done), so
+				// an idle Chan holds no segment in memory.
+				d.dirtyAt = 0
+				if err := sp.SealIdle(); err != nil {
+					c.rep.report(fmt.Errorf("pelichan: %w", err))
+				}
+				c.st.disk(sp.Peek(), nil)
+			}
 			if d.ticks++; d.ticks%10 == 0 {
 				c.expire(d)
 			}
@@ -341,6 +385,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 		if e.rec != nil {
 			d.blocked = false
 			d.dirty = true
+			d.dirtyAt = time.Now().UnixNano()
 			key := keyOf(pos)
 			b.recs = append(b.recs, storedRec{key: key, n: e.n})
 			if b.mem != nil || b.kind == bShadow {
@@ -557,38 +602,68 @@ func (c *Chan[T]) order(d *diskState[T]) {
 // decode turns records into refill items until jobs is closed. Damaged records and
 // messages the codec refuses are reported and left out.
 func (c *Chan[T]) decode(jobs <-chan decodeJob[T], out chan<- decodeJob[T]) {
-	r := segment.NewReader()
-	defer r.Close()
-	for j := range jobs {
-		b := j.b
-		res := &decoded{}
-		j.result = res
-		b.msgs, b.ids = b.msgs[:0], b.ids[:0]
-		batch, err := r.Decode(j.data)
-		if err != nil {
-			// The spool checked the CRC, so this is a bug or memory damage: report and skip.
-			res.failed = true
-			c.rep.report(&CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Index: b.key.index, Err: err})
-			out <- j
+	var r *segment.Reader // made on demand, released when idle
+	defer func() {
+		if r != nil {
+			r.Close()
+		}
+	}()
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
+	for {
+		var j decodeJob[T]
+		select {
+		case jj, ok := <-jobs:
+			if !ok {
+				return
+			}
+			j = jj
+		case <-idle.C:
+			if r != nil {
+				r.Close()
+				r = nil
+			}
 			continue
 		}
-		for i := 0; i < batch.Count; i++ {
-			if j.done != nil && j.done[i/64]&(1<<(i%64)) != 0 {
-				continue
-			}
-			v, err := c.codec.Decode(batch.Message(i))
-			if err != nil {
-				res.dropped = append(res.dropped, i)
-				c.rep.report(&DecodeError{
-					Segment: fmt.Sprintf("%020d", b.key.seg), Index: b.key.index, Message: i,
-					Raw: append([]byte(nil), batch.Message(i)...), Err: err})
-				continue
-			}
-			b.msgs = append(b.msgs, v)
-			b.ids = append(b.ids, b.key.id(i))
+		if r == nil {
+			r = segment.NewReader()
 		}
-		out <- j // never blocks: capacity refillPool
+		idle.Reset(idleRelease)
+		c.decodeJob(r, j, out)
 	}
+}
+
+// decodeJob decodes one record and sends the result on.
+func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decodeJob[T]) {
+	b := j.b
+	res := &decoded{}
+	j.result = res
+	b.msgs, b.ids = b.msgs[:0], b.ids[:0]
+	batch, err := r.Decode(j.data)
+	if err != nil {
+		// The spool checked the CRC, so this is a bug or memory damage: report and skip.
+		res.failed = true
+		c.rep.report(&CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Index: b.key.index, Err: err})
+		out <- j
+		return
+	}
+	for i := 0; i < batch.Count; i++ {
+		if j.done != nil && j.done[i/64]&(1<<(i%64)) != 0 {
+			continue
+		}
+		v, err := c.codec.Decode(batch.Message(i))
+		if err != nil {
+			res.dropped = append(res.dropped, i)
+			c.rep.report(&DecodeError{
+				Segment: fmt.Sprintf("%020d", b.key.seg), Index: b.key.index, Message: i,
+				Raw: append([]byte(nil), batch.Message(i)...), Err: err})
+			continue
+		}
+		b.msgs = append(b.msgs, v)
+		b.ids = append(b.ids, b.key.id(i))
+	}
+	out <- j // never blocks: capacity refillPool
 }
 
 // advance moves the spool's cursor over the records whose messages are all done.

@@ -226,3 +226,14 @@ func (s *Spool) truncateAfterError(sg *seg, cause error) error {
 	}
 	return cause
 }
+
+// SealIdle seals the segment being written if the reader has read all of it, so that a
+// spool whose consumer caught up holds no segment in memory: once its records are
+// acknowledged it is deleted, and the next Append starts a new segment. The owner calls it
+// when no record was appended for a while.
+func (s *Spool) SealIdle() error {
+	if s.closed || s.active == nil || s.rseg != s.active || !s.Empty() {
+		return nil
+	}
+	return s.seal()
+}
