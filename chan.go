@@ -922,10 +922,19 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 	}
 }
 
-// drainOut takes back what waits in Out. The consumer may take some meanwhile; every
-// delivery is then done, by the consumer or by being stored again from what was taken
-// back (the counters assume the consumer took the oldest).
+// drainOut takes back what waits in Out and returns the messages among them that exist
+// only in memory, to be stored.
+//
+// If the consumer took nothing meanwhile (the loop took as many as Out held), the
+// messages taken back are exactly the last ones handed out: those from the spool are
+// simply not done (they stay where they are), and those from memory are returned. Else the
+// consumer took some from among them and nobody can tell which: then every delivery is
+// done, by the consumer or by being stored again from what was taken back (the counters
+// assume the consumer took the oldest). In ordered mode, messages that came from memory
+// (even if written since: at the tail) are stored again in front of the backlog, with
+// everything else taken back, to keep the order.
 func (c *Chan[T]) drainOut(l *loopState[T]) []T {
+	held := len(c.out)
 	var back []T
 	for {
 		select {
@@ -938,6 +947,23 @@ func (c *Chan[T]) drainOut(l *loopState[T]) []T {
 	}
 	t := l.tab
 	took := t.sent - uint64(len(back))
+	if len(back) == held {
+		var mem []T
+		fromMem := false // handed out from memory, maybe written since (at the tail)
+		for s := took + 1; s <= t.sent; s++ {
+			f := t.at(s)
+			if f.st == fMem {
+				mem = append(mem, f.v)
+			}
+			fromMem = fromMem || f.direct
+		}
+		if !c.opts.ordered || !fromMem {
+			for s := t.floor + 1; s <= took; s++ {
+				l.markDone(s)
+			}
+			return mem // the rest stay as they are: not done
+		}
+	}
 	for s := t.floor + 1; s <= t.sent; s++ {
 		if s <= took {
 			l.markDone(s)
