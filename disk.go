@@ -342,6 +342,14 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
 	}
 }
 
+// recCRC is a record's CRC-32C, from its header (segment's format: bytes 20..24).
+func recCRC(rec []byte) uint32 {
+	if len(rec) < segment.HeaderSize {
+		return 0
+	}
+	return binary.LittleEndian.Uint32(rec[20:24])
+}
+
 // lateCounts adds to OnDisk the messages of segments the spool counted after Open.
 func (c *Chan[T]) lateCounts(d *diskState[T]) {
 	ss := d.sp.Stats()
@@ -390,7 +398,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			b.recs = append(b.recs, storedRec{key: key, n: e.n})
 			if b.mem != nil || b.kind == bShadow {
 				// Handed out from memory: the reader passes over it.
-				d.tr.register(key, e.n)
+				d.tr.register(key, e.n, recCRC(e.rec))
 			} else {
 				d.lag = true
 			}
@@ -532,7 +540,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 			break
 		}
 		read = true
-		rs, skip, gone := d.tr.reached(keyOf(rec.Pos), rec.Count, int(rec.Pos.Offset))
+		rs, skip, gone := d.tr.reached(keyOf(rec.Pos), rec.Count, recCRC(rec.Data), int(rec.Pos.Offset))
 		if gone > 0 {
 			c.st.update(func(s *Stats) { s.OnDisk += int64(gone) })
 		}

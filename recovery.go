@@ -31,6 +31,7 @@ import (
 // recState is what the tracker knows of one record.
 type recState struct {
 	key    recKey
+	crc    uint32 // the record's CRC: tells it from another record at the same place
 	count  int
 	done   int      // messages done
 	bits   []uint64 // done messages; nil while none is
@@ -111,12 +112,12 @@ func (t *tracker) preDone() int64 {
 	return n
 }
 
-// reached records that the reader returned the record at key (count messages, the first
-// offset of them done already per an old-style cursor). It returns the record's state,
+// reached records that the reader returned the record at key (count messages, checksum
+// crc, the first offset of them done already per an old-style cursor). It returns the record's state,
 // whether it is to be skipped (written and handed out by this Chan, or wholly done), and
 // how many messages the cursor file marked done in records the reader passed without
 // finding them (counted out of OnDisk at open, wrongly).
-func (t *tracker) reached(key recKey, count int, offset int) (*recState, bool, int) {
+func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recState, bool, int) {
 	if r, ok := t.ahead[key]; ok {
 		delete(t.ahead, key)
 		t.insert(r)
@@ -135,12 +136,15 @@ func (t *tracker) reached(key recKey, count int, offset int) (*recState, bool, i
 	r, ok := t.pre[key]
 	if ok {
 		delete(t.pre, key)
-		if r.count != count { // not the record the cursor file meant: trust nothing of it
-			r = &recState{key: key, count: count}
+		if r.count != count || r.crc != crc {
+			// Not the record the cursor file meant (damage before it shifted the entry
+			// indexes): trust nothing of it. Duplicates, never loss.
+			gone += r.done
+			r = &recState{key: key, count: count, crc: crc}
 		}
 		r.before = r.handed
 	} else {
-		r = &recState{key: key, count: count}
+		r = &recState{key: key, count: count, crc: crc}
 	}
 	// An old-style cursor's offset: the spool counts those as delivered already.
 	for i := range min(offset, count) {
@@ -154,8 +158,8 @@ func (t *tracker) reached(key recKey, count int, offset int) (*recState, bool, i
 
 // register records a record written by this Chan whose messages are handed out from
 // memory (write-ahead, or written while they waited for the consumer).
-func (t *tracker) register(key recKey, count int) *recState {
-	r := &recState{key: key, count: count, handed: true}
+func (t *tracker) register(key recKey, count int, crc uint32) *recState {
+	r := &recState{key: key, count: count, crc: crc, handed: true}
 	t.ahead[key] = r
 	t.changed = true
 	return r
@@ -299,12 +303,13 @@ func (t *tracker) encode() []byte {
 
 // The done sets, saved as the spool cursor's extra bytes:
 //
-//	"pd" | version 1 | uvarint records | per record:
-//	    uvarint seg | uvarint index | uvarint count | flags byte (1: handed out) |
+//	"pd" | version 2 | uvarint records | per record:
+//	    uvarint seg | uvarint index | uvarint count | crc u32 (the record's CRC-32C, little
+//	    endian, as in its header) | flags byte (1: handed out) |
 //	    uvarint runs | per run: uvarint start (from the previous run's end) | uvarint length
 //
 // A run is a stretch of done messages. The spool's cursor file has its own CRC.
-const doneVersion = 1
+const doneVersion = 2
 
 // encodeDone leaves out the messages of the cursor's record that its offset covers (the
 // spool counts them delivered).
@@ -315,6 +320,7 @@ func encodeDone(recs []*recState, cursor spool.Cursor) []byte {
 		b = binary.AppendUvarint(b, r.key.seg)
 		b = binary.AppendUvarint(b, r.key.index)
 		b = binary.AppendUvarint(b, uint64(r.count))
+		b = binary.LittleEndian.AppendUint32(b, r.crc)
 		var flags byte
 		if r.handed {
 			flags = 1
@@ -377,11 +383,12 @@ func decodeDone(b []byte) ([]*recState, error) {
 		seg, ok1 := next()
 		index, ok2 := next()
 		count, ok3 := next()
-		if !ok1 || !ok2 || !ok3 || len(p) < 1 || count == 0 || count > maxRecordMessages {
+		if !ok1 || !ok2 || !ok3 || len(p) < 5 || count == 0 || count > maxRecordMessages {
 			return nil, bad
 		}
-		r := &recState{key: recKey{seg, index}, count: int(count), handed: p[0]&1 != 0}
-		p = p[1:]
+		r := &recState{key: recKey{seg, index}, count: int(count),
+			crc: binary.LittleEndian.Uint32(p), handed: p[4]&1 != 0}
+		p = p[5:]
 		runs, ok := next()
 		if !ok || runs > count {
 			return nil, bad
