@@ -2,33 +2,37 @@ package pelichan
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // ackBox takes acknowledgements from the consumer's goroutines. It checks each against the
 // deliveries made (an unknown or repeated sequence number is an error) and queues them for
 // the loop, which owns the deliveries themselves. One mutex, held for a few bit operations.
 type ackBox struct {
-	mu     sync.Mutex
-	closed bool
-	floor  uint64   // every delivery up to floor is acknowledged
-	bits   []uint64 // acknowledged deliveries after floor, by seq modulo the ring size
-	mask   uint64
-	queue  []ackRange // acknowledged since the loop last looked
-	hi     atomic.Uint64
-	notify chan struct{}
+	mu      sync.Mutex
+	closed  bool
+	floor   uint64   // every delivery up to floor is acknowledged
+	bits    []uint64 // acknowledged deliveries after floor, by seq modulo the ring size
+	mask    uint64
+	queue   []ackRange    // acknowledged since the loop last looked
+	hi      atomic.Uint64 // the last delivery handed to Deliveries
+	offered atomic.Uint64 // the delivery being offered on Deliveries (hi+1), or hi
+	inBuf   func() int    // deliveries waiting in Deliveries' buffer, not yet received
+	notify  chan struct{}
 }
 
 // ackRange is the deliveries lo..hi, acknowledged.
 type ackRange struct{ lo, hi uint64 }
 
-func newAckBox(window int) *ackBox {
+func newAckBox(window int, inBuf func() int) *ackBox {
 	size := uint64(64)
 	for size < uint64(window)+2 {
 		size <<= 1
 	}
-	return &ackBox{bits: make([]uint64, size/64), mask: size - 1, notify: make(chan struct{}, 1)}
+	return &ackBox{bits: make([]uint64, size/64), mask: size - 1, inBuf: inBuf, notify: make(chan struct{}, 1)}
 }
 
 func (a *ackBox) isSet(seq uint64) bool {
@@ -44,6 +48,25 @@ func (a *ackBox) flip(seq uint64) {
 // ack acknowledges lo..hi (through: every one not yet acknowledged; else lo == hi and it
 // must not be).
 func (a *ackBox) ack(lo, hi uint64, through bool) error {
+	// Deliveries is FIFO: the ones in its buffer are the newest, so a received delivery is
+	// at most the last one offered less those in the buffer. The one being offered may have
+	// been taken a moment before the loop records it as sent: give the loop that moment,
+	// else it was not received (a guess).
+	received := func() bool {
+		n := uint64(a.inBuf())
+		h, o := a.hi.Load(), a.offered.Load()
+		if hi == o && o > h {
+			return false // taken or not: wait for the loop to say
+		}
+		return hi+n <= max(h, o)
+	}
+	for i, deadline := 0, time.Now().Add(100*time.Millisecond); !received() && time.Now().Before(deadline); i++ {
+		if i < 100 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -52,6 +75,10 @@ func (a *ackBox) ack(lo, hi uint64, through bool) error {
 	if hi == 0 || hi > a.hi.Load() {
 		a.mu.Unlock()
 		return fmt.Errorf("%w: %d was never delivered", ErrAck, hi)
+	}
+	if !received() {
+		a.mu.Unlock()
+		return fmt.Errorf("%w: %d was not received from Deliveries yet (%d delivered, %d waiting in Deliveries)", ErrAck, hi, a.hi.Load(), a.inBuf())
 	}
 	if through {
 		lo = a.floor + 1

@@ -124,13 +124,15 @@ type refill[T any] struct {
 	key    recKey
 	msgs   []T
 	ids    []MsgID
-	before bool // an earlier Chan handed these out and they were not done
+	before int // an earlier Chan handed out the record's messages before this index
 	rec    *recState
+	wa     bool // written ahead and kept in memory (not a refill item of the pool)
 }
 
 // ctl is a message from the loop to the disk goroutine.
 type ctl struct {
 	done []MsgID
+	sent MsgID // the last message handed out from a stored record (for Redelivered after a restart)
 	sync *syncReq
 }
 
@@ -144,6 +146,7 @@ type syncReq struct {
 type finishReq[T any] struct {
 	batches    []*batch[T]
 	done       []MsgID
+	sentUpTo   MsgID           // the last message handed out of a record handed out in part
 	shadowDone map[uint64]bool // deliveries done while being written: their copies are done too
 	reply      chan error
 }
@@ -198,7 +201,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		finishCh: make(chan finishReq[T]),
 	}
 	if o.acks > 0 {
-		c.acks = newAckBox(o.acks)
+		c.acks = newAckBox(o.acks, func() int { return len(c.dels) })
 		c.dels = make(chan Delivery[T], o.buffer)
 		c.out = make(chan T)
 		close(c.out)
@@ -362,6 +365,7 @@ type loopState[T any] struct {
 	// shadowDone: deliveries done while being written; their copies are done too.
 	shadowDone map[uint64]bool
 	ackBuf     []ackRange
+	lastSent   MsgID // the last message handed out from a stored record
 
 	linger    *time.Timer
 	lingerC   <-chan time.Time
@@ -380,9 +384,8 @@ func (l *loopState[T]) full() bool {
 	if l.pending == nil || q == 0 {
 		return false
 	}
-	if l.c.opts.writeAhead {
-		// Group commit: as soon as the previous write is taken.
-		return len(l.outq) == 0 && len(l.c.writeCh) == 0
+	if l.c.opts.writeAhead && len(l.outq) == 0 && len(l.c.writeCh) == 0 {
+		return true // group commit: as soon as the previous write is taken
 	}
 	return q >= l.c.batchCount() || l.flushNow
 }
@@ -416,12 +419,12 @@ func (l *loopState[T]) send(v T, id MsgID) bool {
 			return false
 		}
 	}
-	seq := l.tab.sent + 1
-	c.acks.hi.Store(seq)
+	c.acks.offered.Store(l.tab.sent + 1)
 	select {
-	case c.dels <- Delivery[T]{Seq: seq, ID: id, Msg: v}:
+	case c.dels <- Delivery[T]{Seq: l.tab.sent + 1, ID: id, Msg: v}:
 		return true
 	default:
+		c.acks.offered.Store(l.tab.sent)
 		return false
 	}
 }
@@ -447,6 +450,7 @@ func (l *loopState[T]) sentMem(v T) {
 	l.memOnly++
 	if l.c.acks != nil {
 		l.delta.Unacked++
+		l.c.acks.hi.Store(l.tab.sent)
 	}
 	l.startTick()
 }
@@ -472,10 +476,12 @@ func (l *loopState[T]) handed() {
 	if l.cur != nil {
 		b := l.cur
 		l.tab.push(flight[T]{id: b.ids[l.ci], st: fDisk})
+		l.lastSent = b.ids[l.ci]
 		if l.c.acks != nil {
 			l.delta.Unacked++
+			l.c.acks.hi.Store(l.tab.sent)
 		}
-		if b.before {
+		if b.ids[l.ci].Msg < uint32(b.before) {
 			l.delta.Redelivered++
 		}
 		l.ci++
@@ -581,8 +587,8 @@ func (c *Chan[T]) loop() {
 				sendOut = c.out
 			} else {
 				del = Delivery[T]{Seq: l.tab.sent + 1, ID: id, Msg: next}
-				c.acks.hi.Store(del.Seq)
 				sendDel = c.dels
+				c.acks.offered.Store(del.Seq)
 			}
 		}
 		if l.cur == nil {
@@ -597,6 +603,7 @@ func (c *Chan[T]) loop() {
 		if len(l.doneIDs) > 0 || len(l.syncs) > 0 {
 			sendCtl = c.ctlCh
 			ctlMsg.done = l.doneIDs
+			ctlMsg.sent = l.lastSent
 			if len(l.syncs) > 0 {
 				ctlMsg.sync = l.syncs[0]
 			}
@@ -656,6 +663,9 @@ func (c *Chan[T]) loop() {
 			l.publish()
 			c.shutdown(l, true)
 			return
+		}
+		if sendDel != nil && l.tab.sent < del.Seq {
+			c.acks.offered.Store(l.tab.sent) // offered, not taken
 		}
 	}
 }
@@ -900,6 +910,9 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 		}
 	}
 	req.done = l.doneIDs
+	if l.cur != nil && l.ci > 0 {
+		req.sentUpTo = l.cur.ids[l.ci-1]
+	}
 	l.publish()
 	close(c.writeCh)
 	c.finishCh <- req // the disk goroutine always takes it

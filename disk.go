@@ -204,8 +204,11 @@ type diskState[T any] struct {
 	beyond   map[uint64]bool // batches through past it
 	syncs    []*syncReq
 	ticks    int
-	late     int64 // spool.Stats.Late already in OnDisk
-	dirtyAt  int64 // when the last record was written, until the segment is sealed idle
+	late     int64   // spool.Stats.Late already in OnDisk
+	memMsgs  int     // messages written ahead and kept in memory for the loop
+	closeErr []error // what could not be stored at Close
+	skipped  int64   // record bytes the reader passed over (handed out from memory)
+	dirtyAt  int64   // when the last record was written, until the segment is sealed idle
 }
 
 func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
@@ -302,11 +305,12 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
 			d.decoding--
 			c.decodedJob(d, j)
 		case b := <-c.returnCh:
-			d.free = append(d.free, b)
+			c.returned(d, b)
 		case m := <-c.ctlCh:
 			for _, id := range m.done {
 				d.tr.done(id)
 			}
+			d.tr.sentUpTo(m.sent)
 			if m.sync != nil {
 				d.syncs = append(d.syncs, m.sync)
 			}
@@ -327,7 +331,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
 				if err := sp.SealIdle(); err != nil {
 					c.rep.report(fmt.Errorf("pelichan: %w", err))
 				}
-				c.st.disk(sp.Peek(), nil)
+				c.st.disk(c.peek(d), nil)
 			}
 			if d.ticks++; d.ticks%10 == 0 {
 				c.expire(d)
@@ -340,6 +344,14 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
 			return
 		}
 	}
+}
+
+// peek is the spool's figures, less the records the reader passed over without reading
+// them back (they were handed out from memory).
+func (c *Chan[T]) peek(d *diskState[T]) spool.Stats {
+	ss := d.sp.Peek()
+	ss.BytesRead -= d.skipped
+	return ss
 }
 
 // recCRC is a record's CRC-32C, from its header (segment's format: bytes 20..24).
@@ -366,9 +378,9 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 	if e.rec != nil {
 		if b.kind == bAhead && !b.decide {
 			b.decide = true
-			if !d.lag && len(d.free) > 0 && !d.closing {
-				b.mem = d.free[len(d.free)-1]
-				d.free = d.free[:len(d.free)-1]
+			if !d.lag && d.memMsgs+len(b.msgs) <= waMemory && !d.closing {
+				b.mem = &refill[T]{wa: true}
+				d.memMsgs += len(b.msgs)
 			}
 		}
 		pos, err := c.append(d, e.rec)
@@ -396,8 +408,10 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			d.dirtyAt = time.Now().UnixNano()
 			key := keyOf(pos)
 			b.recs = append(b.recs, storedRec{key: key, n: e.n})
-			if b.mem != nil || b.kind == bShadow {
-				// Handed out from memory: the reader passes over it.
+			if b.mem != nil || b.kind == bShadow || b.kind == bClose {
+				// Handed out from memory (or, at Close, taken back from Out or not
+				// acknowledged): the reader passes over it; after a restart its messages
+				// count as redelivered.
 				d.tr.register(key, e.n, recCRC(e.rec))
 			} else {
 				d.lag = true
@@ -406,7 +420,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 				c.sync(d)
 			}
 			n := int64(e.n)
-			c.st.disk(d.sp.Peek(), func(s *Stats) {
+			c.st.disk(c.peek(d), func(s *Stats) {
 				s.Spilled += n
 				if b.kind != bShadow {
 					s.InMemory -= n
@@ -432,6 +446,7 @@ func (c *Chan[T]) giveUp(d *diskState[T], e encoded[T], err error) {
 		if b.err == nil {
 			b.err = err
 		}
+		d.closeErr = append(d.closeErr, err)
 		if b.kind != bShadow { // a shadow's are counted when it is settled
 			n := int64(e.n)
 			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
@@ -471,7 +486,7 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 		}
 	case bAhead:
 		if m := b.mem; m != nil {
-			m.msgs, m.ids, m.before = m.msgs[:0], m.ids[:0], false
+			m.msgs, m.ids, m.before = m.msgs[:0], m.ids[:0], 0
 			for i, v := range b.msgs {
 				if !b.ids[i].IsZero() {
 					m.msgs = append(m.msgs, v)
@@ -497,6 +512,24 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 			d.through++
 		}
 	}
+}
+
+// waMemory is how many messages written ahead may wait in memory for the loop; past it,
+// they are read back from the spool when their turn comes.
+const waMemory = 1 << 16
+
+// returned takes back an item the loop handed out whole.
+func (c *Chan[T]) returned(d *diskState[T], b *refill[T]) {
+	if b.wa {
+		d.memMsgs -= len(b.msgs)
+		return
+	}
+	if b.rec != nil {
+		b.rec.sent = b.rec.count // every message of it not done went out
+		d.tr.changed = true
+		b.rec = nil
+	}
+	d.free = append(d.free, b)
 }
 
 // serveSyncs answers the Sync calls whose batches are all through.
@@ -529,7 +562,10 @@ func (c *Chan[T]) syncErr(d *diskState[T], always bool) error {
 // decoders, numbered. Records this Chan hands out from memory are passed over.
 func (c *Chan[T]) dispatch(d *diskState[T]) {
 	read := false
-	for len(d.free) > 0 {
+	// With no item free, records handed out from memory are still passed over, as long as
+	// they are all that is unread, so the reader never has to come back for them (from a
+	// sealed segment's file).
+	for len(d.free) > 0 || (!d.lag && len(d.tr.ahead) > 0) {
 		rec, err := d.sp.Next()
 		if errors.Is(err, io.EOF) {
 			d.lag = false
@@ -545,7 +581,13 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 			c.st.update(func(s *Stats) { s.OnDisk += int64(gone) })
 		}
 		if skip {
+			d.skipped += int64(len(rec.Data))
 			continue
+		}
+		if len(d.free) == 0 {
+			// Not handed out from memory after all: lag was wrong. Never happens; if it
+			// did, the record would be lost to this session, so stop here loudly.
+			panic("pelichan: reader passed a record it cannot hand out")
 		}
 		b := d.free[len(d.free)-1]
 		d.free = d.free[:len(d.free)-1]
@@ -683,7 +725,7 @@ func (c *Chan[T]) advance(d *diskState[T]) {
 	if err := d.sp.Ack(pos); err != nil {
 		c.rep.report(fmt.Errorf("pelichan: %w", err))
 	}
-	c.st.disk(d.sp.Peek(), nil)
+	c.st.disk(c.peek(d), nil)
 }
 
 // checkpoint saves the read position if it changed: the cursor and the done sets.
@@ -709,11 +751,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	for _, id := range req.done {
 		d.tr.done(id)
 	}
-	note := func(b *batch[T]) {
-		if b.err != nil {
-			errs = append(errs, b.err)
-		}
-	}
+	d.tr.sentUpTo(req.sentUpTo)
 	failed := false // once a write failed for good, later ones get one try each
 	put := func(e encoded[T]) {
 		var err error
@@ -736,9 +774,6 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	// The loop closed writeCh: the compressors finish what they hold and close recCh.
 	for e := range c.recCh {
 		put(e)
-		if e.last {
-			note(e.b)
-		}
 	}
 	w := c.newWriter()
 	defer w.Close()
@@ -749,7 +784,6 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 			continue
 		}
 		c.storeNow(d, w, b, put)
-		note(b)
 	}
 	// Deliveries written while they waited: their copies are done if they are.
 	for _, b := range d.shadowQ {
@@ -772,8 +806,8 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	if err := d.sp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
 	}
-	c.st.disk(d.sp.Peek(), nil)
-	return errors.Join(errs...)
+	c.st.disk(c.peek(d), nil)
+	return errors.Join(append(d.closeErr, errs...)...)
 }
 
 // settleShadow, at Close, does what the loop would have done with a shadow batch's IDs.
@@ -800,6 +834,9 @@ func (c *Chan[T]) settleShadow(d *diskState[T], b *batch[T], done map[uint64]boo
 		s.OnDisk += stored
 		s.Dropped += lost
 	})
+	if lost > 0 {
+		d.closeErr = append(d.closeErr, fmt.Errorf("pelichan: close: %d messages waiting for the consumer could not be stored: %w", lost, b.err))
+	}
 }
 
 // storeNow encodes and stores b on the disk goroutine itself (at Close).
@@ -884,7 +921,7 @@ func (c *Chan[T]) expire(d *diskState[T]) {
 	if err != nil {
 		c.rep.report(fmt.Errorf("pelichan: %w", err))
 	}
-	c.st.disk(d.sp.Peek(), nil)
+	c.st.disk(c.peek(d), nil)
 }
 
 // storeFront encodes the messages taken back from Out (ordered mode) and puts them in front
@@ -915,7 +952,7 @@ func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) error
 		c.st.update(func(s *Stats) { s.InMemory -= int64(len(msgs)); s.Dropped += int64(len(msgs)) })
 		return err
 	}
-	c.st.disk(d.sp.Peek(), func(s *Stats) {
+	c.st.disk(c.peek(d), func(s *Stats) {
 		s.Spilled += int64(stored)
 		s.InMemory -= int64(len(msgs))
 		s.OnDisk += int64(stored)

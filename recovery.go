@@ -35,8 +35,8 @@ type recState struct {
 	count  int
 	done   int      // messages done
 	bits   []uint64 // done messages; nil while none is
-	handed bool     // messages of it were handed out (for Redelivered after a restart)
-	before bool     // handed out by an earlier Chan and not done then
+	sent   int      // its messages before this index were handed out (for Redelivered after a restart)
+	before int      // an earlier Chan handed out its messages before this index
 }
 
 func (r *recState) isDone(i int) bool {
@@ -142,7 +142,7 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 			gone += r.done
 			r = &recState{key: key, count: count, crc: crc}
 		}
-		r.before = r.handed
+		r.before = r.sent // still handed out: by an earlier Chan
 	} else {
 		r = &recState{key: key, count: count, crc: crc}
 	}
@@ -150,7 +150,6 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 	for i := range min(offset, count) {
 		r.mark(i)
 	}
-	r.handed = true
 	t.insert(r)
 	t.changed = true
 	return r, r.full(), gone
@@ -159,7 +158,7 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 // register records a record written by this Chan whose messages are handed out from
 // memory (write-ahead, or written while they waited for the consumer).
 func (t *tracker) register(key recKey, count int, crc uint32) *recState {
-	r := &recState{key: key, count: count, crc: crc, handed: true}
+	r := &recState{key: key, count: count, crc: crc, sent: count}
 	t.ahead[key] = r
 	t.changed = true
 	return r
@@ -258,6 +257,17 @@ func (t *tracker) dropSeg(seq uint64) {
 	t.changed = true
 }
 
+// sentUpTo records that the messages of id's record up to id were handed out.
+func (t *tracker) sentUpTo(id MsgID) {
+	if id.IsZero() {
+		return
+	}
+	if r := t.find(id.key()); r != nil && int(id.Msg) >= r.sent {
+		r.sent = int(id.Msg) + 1
+		t.changed = true
+	}
+}
+
 // pins reports whether records of segment seq are handed out from memory.
 func (t *tracker) pins(seq uint64) bool {
 	for k := range t.ahead {
@@ -289,7 +299,7 @@ func (t *tracker) forget(gone func(seg uint64) bool) {
 func (t *tracker) encode() []byte {
 	var all []*recState
 	for _, r := range t.recs {
-		if r.done > 0 || r.handed {
+		if r.done > 0 || r.sent > 0 {
 			all = append(all, r)
 		}
 	}
@@ -305,11 +315,12 @@ func (t *tracker) encode() []byte {
 //
 //	"pd" | version 2 | uvarint records | per record:
 //	    uvarint seg | uvarint index | uvarint count | crc u32 (the record's CRC-32C, little
-//	    endian, as in its header) | flags byte (1: handed out) |
+//	    endian, as in its header) | uvarint sent (its messages before this index were
+//	    handed out) |
 //	    uvarint runs | per run: uvarint start (from the previous run's end) | uvarint length
 //
 // A run is a stretch of done messages. The spool's cursor file has its own CRC.
-const doneVersion = 2
+const doneVersion = 3
 
 // encodeDone leaves out the messages of the cursor's record that its offset covers (the
 // spool counts them delivered).
@@ -321,11 +332,7 @@ func encodeDone(recs []*recState, cursor spool.Cursor) []byte {
 		b = binary.AppendUvarint(b, r.key.index)
 		b = binary.AppendUvarint(b, uint64(r.count))
 		b = binary.LittleEndian.AppendUint32(b, r.crc)
-		var flags byte
-		if r.handed {
-			flags = 1
-		}
-		b = append(b, flags)
+		b = binary.AppendUvarint(b, uint64(r.sent))
 		var runs [][2]int
 		from := 0
 		if r.key == (recKey{cursor.Seg, cursor.Index}) {
@@ -383,12 +390,16 @@ func decodeDone(b []byte) ([]*recState, error) {
 		seg, ok1 := next()
 		index, ok2 := next()
 		count, ok3 := next()
-		if !ok1 || !ok2 || !ok3 || len(p) < 5 || count == 0 || count > maxRecordMessages {
+		if !ok1 || !ok2 || !ok3 || len(p) < 4 || count == 0 || count > maxRecordMessages {
 			return nil, bad
 		}
-		r := &recState{key: recKey{seg, index}, count: int(count),
-			crc: binary.LittleEndian.Uint32(p), handed: p[4]&1 != 0}
-		p = p[5:]
+		r := &recState{key: recKey{seg, index}, count: int(count), crc: binary.LittleEndian.Uint32(p)}
+		p = p[4:]
+		sent, ok := next()
+		if !ok || sent > count {
+			return nil, bad
+		}
+		r.sent = int(sent)
 		runs, ok := next()
 		if !ok || runs > count {
 			return nil, bad
