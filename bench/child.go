@@ -23,6 +23,7 @@ import (
 // result is what one child (one system, one run) measured. Durations are in seconds;
 // zero means not measured. A metric is set only once its phase has passed its checks.
 type result struct {
+	View    string `json:"view"`
 	Sys     string `json:"sys"`
 	Run     int    `json:"run"`
 	N       int    `json:"n"`       // messages stored in the store phase
@@ -37,6 +38,10 @@ type result struct {
 	ReopenSec       float64 `json:"reopen_sec,omitempty"`
 	RestartStoreSec float64 `json:"restart_store_sec,omitempty"`
 	RestartDrainSec float64 `json:"restart_drain_sec,omitempty"`
+
+	// LiveSec: live phase: the producer puts n messages while the consumer reads them,
+	// from the first put to the last message read.
+	LiveSec float64 `json:"live_sec,omitempty"`
 
 	PeakRSS int64    `json:"peak_rss"` // VmHWM of the child at its end, bytes
 	WallSec float64  `json:"wall_sec"`
@@ -88,18 +93,25 @@ func runChild(cfg *config) int {
 		fmt.Fprintf(os.Stderr, "bench: unknown system %q\n", cfg.sys)
 		return 2
 	}
-	res := &result{Sys: sys.name, Run: cfg.run}
+	res := &result{View: cfg.view, Sys: sys.name, Run: cfg.run}
 	w := newWorkload(cfg.seed)
 	res.N = sys.n(cfg)
 	res.Payload = w.payload(0, res.N)
-	if cfg.phases["store"] {
-		step(cfg, res, "store", func() error { return storePhase(cfg, sys, w, res) })
-	}
-	if cfg.phases["restart"] && !sys.storeOnly {
-		// Start from a clean heap, so the restart phase's peak RSS is its own.
-		runtime.GC()
-		debug.FreeOSMemory()
-		step(cfg, res, "restart", func() error { return restartPhase(cfg, sys, w, res) })
+	first := true
+	for _, p := range []struct {
+		name string
+		f    func(*config, *system, *workload, *result) error
+	}{{"store", storePhase}, {"restart", restartPhase}, {"live", livePhase}} {
+		if !cfg.phases[p.name] || !sys.runs(p.name) {
+			continue
+		}
+		if !first {
+			// Start from a clean heap, so that each phase's peak RSS is its own.
+			runtime.GC()
+			debug.FreeOSMemory()
+		}
+		first = false
+		step(cfg, res, p.name, func() error { return p.f(cfg, sys, w, res) })
 	}
 	notes.Lock()
 	for _, s := range notes.list {
@@ -181,11 +193,12 @@ func storePhase(cfg *config, sys *system, w *workload, res *result) error {
 	if err := q.open(dir); err != nil {
 		return err
 	}
+	prod := newProducer(cfg, w)
 	setPhase("store")
 	stop := startProfile(cfg, sys.name, "store")
 	t0 := time.Now()
 	for i := range n {
-		if err := q.put(w.msg(i)); err != nil {
+		if err := q.put(prod.msg(i)); err != nil {
 			return err
 		}
 		progress.Add(1)
@@ -213,7 +226,7 @@ func storePhase(cfg *config, sys *system, w *workload, res *result) error {
 			return err
 		}
 		setPhase("verify: read")
-		if _, err := readAll(q, newChecker(w, n, sys.fifo), 0, n); err != nil {
+		if _, err := readAll(q, newConsumer(cfg, w, n, sys.fifo), 0, n); err != nil {
 			return err
 		}
 		return os.RemoveAll(dir)
@@ -232,7 +245,7 @@ func storePhase(cfg *config, sys *system, w *workload, res *result) error {
 	}
 	setPhase("read")
 	stop = startProfile(cfg, sys.name, "read")
-	readSec, err := readAll(q, newChecker(w, n, sys.fifo), 0, n)
+	readSec, err := readAll(q, newConsumer(cfg, w, n, sys.fifo), 0, n)
 	stop()
 	if err != nil {
 		return err
@@ -252,12 +265,13 @@ func restartPhase(cfg *config, sys *system, w *workload, res *result) error {
 	}
 	q := sys.new(cfg)
 	current.Store(q)
+	prod := newProducer(cfg, w)
 	setPhase("store backlog")
 	if err := q.open(dir); err != nil {
 		return err
 	}
 	for i := range backlog {
-		if err := q.put(w.msg(i)); err != nil {
+		if err := q.put(prod.msg(i)); err != nil {
 			return err
 		}
 		progress.Add(1)
@@ -270,7 +284,7 @@ func restartPhase(cfg *config, sys *system, w *workload, res *result) error {
 		return err
 	}
 	setPhase("reopen")
-	check := newChecker(w, total, sys.fifo)
+	check := newConsumer(cfg, w, total, sys.fifo)
 	q = sys.new(cfg)
 	current.Store(q)
 	stop := startProfile(cfg, sys.name, "restart")
@@ -289,9 +303,10 @@ func restartPhase(cfg *config, sys *system, w *workload, res *result) error {
 	prodErr := make(chan error, 1)
 	prodSec := make(chan float64, 1)
 	go func() {
+		prod := newProducer(cfg, w)
 		tp := time.Now()
 		for i := backlog; i < total; i++ {
-			if err := q.put(w.msg(i)); err != nil {
+			if err := q.put(prod.msg(i)); err != nil {
 				prodErr <- err
 				return
 			}
@@ -331,6 +346,91 @@ func restartPhase(cfg *config, sys *system, w *workload, res *result) error {
 	return os.RemoveAll(dir)
 }
 
+// livePhase opens an empty queue and puts n messages while a consumer reads them: the
+// consumer keeps up as well as it can (for pelichan, the direct pass; with write-ahead,
+// every message is stored first). It times the first put to the last message read.
+func livePhase(cfg *config, sys *system, w *workload, res *result) error {
+	n := res.N
+	dir := filepath.Join(cfg.dir, "live")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	q := sys.new(cfg)
+	current.Store(q)
+	setPhase("live: open")
+	if err := q.open(dir); err != nil {
+		return err
+	}
+	check := newConsumer(cfg, w, n, sys.fifo)
+	setPhase("live")
+	stop := startProfile(cfg, sys.name, "live")
+	defer stop()
+	prodErr := make(chan error, 1)
+	t0 := time.Now()
+	go func() {
+		prod := newProducer(cfg, w)
+		for i := range n {
+			if err := q.put(prod.msg(i)); err != nil {
+				prodErr <- err
+				return
+			}
+			progress.Add(1)
+		}
+		prodErr <- q.flush()
+	}()
+	for range n {
+		m, err := q.get()
+		if err != nil {
+			return err
+		}
+		check.add(m)
+		progress.Add(1)
+	}
+	liveSec := time.Since(t0).Seconds()
+	stop()
+	if err := <-prodErr; err != nil {
+		return err
+	}
+	setPhase("live: finish")
+	if err := finish(q); err != nil {
+		return err
+	}
+	if err := check.verify(0, n); err != nil {
+		return err
+	}
+	res.LiveSec = liveSec
+	return os.RemoveAll(dir)
+}
+
+// producer hands out the messages to put: in the user view, each one copied into an
+// allocation of its own from a reused line buffer, as a shipper reading lines does.
+type producer struct {
+	w       *workload
+	copy    bool
+	scratch []byte
+}
+
+func newProducer(cfg *config, w *workload) *producer {
+	return &producer{w: w, copy: cfg.view == viewUser}
+}
+
+func (p *producer) msg(i int) []byte {
+	if p.copy {
+		return p.w.msgCopy(i, &p.scratch)
+	}
+	return p.w.msg(i)
+}
+
+// newConsumer returns the checker a phase's consumer runs on every message it reads; in
+// the user view it also does the per-message work (see worker).
+func newConsumer(cfg *config, w *workload, total int, fifo bool) *checker {
+	c := newChecker(w, total, fifo)
+	if cfg.view == viewUser {
+		c.work = newWorker()
+	}
+	return c
+}
+
 // readAll reads the messages [from, to) and checks them; it returns the seconds taken.
 func readAll(q queue, check *checker, from, to int) (float64, error) {
 	t0 := time.Now()
@@ -367,11 +467,15 @@ func setPhase(s string) { phase.Store(s) }
 // or -trace ask for this system.
 func startProfile(cfg *config, sys, ph string) (stop func()) {
 	var stops []func()
+	name := sys
+	if cfg.view != viewBench {
+		name += "-" + cfg.view
+	}
 	start := func(prefix, ext string, begin func(io.Writer) error, end func()) {
 		if prefix == "" || !cfg.profileSys[sys] {
 			return
 		}
-		f, err := os.Create(fmt.Sprintf("%s.%s.%s.%s", prefix, sys, ph, ext))
+		f, err := os.Create(fmt.Sprintf("%s.%s.%s.%s", prefix, name, ph, ext))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return

@@ -26,6 +26,8 @@ type config struct {
 	quick      bool
 	dir        string
 	sysList    string
+	viewList   string
+	userBuffer int
 	seed       uint64
 	nSync1     int
 	nDque      int
@@ -49,6 +51,7 @@ type config struct {
 	child bool
 	sys   string
 	run   int
+	view  string
 }
 
 func main() {
@@ -63,7 +66,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.runs, "runs", 3, "runs of each system (each in a fresh process)")
 	fs.BoolVar(&cfg.quick, "quick", false, "smoke test: -n 100000 -runs 1 -nsync1 1000 -quiet-wait 0 unless those are set")
 	fs.StringVar(&cfg.dir, "dir", "", "directory for the queues' temporary directories (default: os.TempDir())")
-	fs.StringVar(&cfg.sysList, "systems", "all", "comma-separated systems to run: "+strings.Join(order, ","))
+	fs.StringVar(&cfg.sysList, "systems", "all", "comma-separated systems to run (in each view that has them): "+strings.Join(order[viewBench], ","))
+	fs.StringVar(&cfg.viewList, "views", "bench,user", "comma-separated views to run: bench (-buffer, consumer only checks) and user (-user-buffer, producer copies, consumer parses and hashes)")
+	fs.IntVar(&cfg.userBuffer, "user-buffer", 100, "pelichan: capacity of Out (WithBuffer) in the user view")
 	fs.Uint64Var(&cfg.seed, "seed", 1, "workload seed")
 	fs.IntVar(&cfg.nSync1, "nsync1", 10_000, "messages for diskqueue-sync1 (an fsync per message is slow)")
 	fs.IntVar(&cfg.nDque, "n-dque", 0, "messages for dque, which is 10-50x slower than the others (0: n/4)")
@@ -78,11 +83,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.trace, "trace", "", "write execution traces (runtime/trace) per phase to PREFIX.SYSTEM.PHASE.trace (the last run's)")
 	fs.StringVar(&cfg.profSys, "profile-systems", "pelichan", "comma-separated systems -cpuprofile and -trace apply to")
 	fs.StringVar(&cfg.jsonOut, "json", "", "also write every child's raw result to this file (JSON lines)")
-	fs.StringVar(&cfg.phaseList, "phases", "store,restart", "phases to run: store (store, then read back) and restart")
+	fs.StringVar(&cfg.phaseList, "phases", "store,restart,live", "phases to run: store (store, then read back), restart, live (producer and consumer at once)")
 	fs.BoolVar(&cfg.readReopen, "read-reopen", false, "close and reopen each queue between the store and read phases (untimed), instead of reading from the same open queue")
 	fs.BoolVar(&cfg.child, "child", false, "internal: run one system in this process")
 	fs.StringVar(&cfg.sys, "sys", "", "internal: the system a -child runs")
 	fs.IntVar(&cfg.run, "run", 0, "internal: the run number of a -child")
+	fs.StringVar(&cfg.view, "view", viewBench, "internal: the view a -child runs in")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -108,15 +114,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cfg.nDque == 0 {
 		cfg.nDque = cfg.n / 4
 	}
-	if fs.NArg() > 0 || cfg.n < 2 || cfg.nDque < 2 || cfg.runs < 1 || cfg.nSync1 < 1 || cfg.dqueSeg < 1 || cfg.buffer < 0 || cfg.srcBuffer < 0 {
+	if fs.NArg() > 0 || cfg.n < 2 || cfg.nDque < 2 || cfg.runs < 1 || cfg.nSync1 < 1 || cfg.dqueSeg < 1 || cfg.buffer < 0 || cfg.srcBuffer < 0 || cfg.userBuffer < 0 {
 		fmt.Fprintln(stderr, "bench: bad arguments (see -h)")
 		return 2
 	}
 	cfg.phases = map[string]bool{}
 	for _, p := range strings.Split(cfg.phaseList, ",") {
 		p = strings.TrimSpace(p)
-		if p != "store" && p != "restart" {
-			fmt.Fprintf(stderr, "bench: unknown phase %q (want store, restart)\n", p)
+		if p != "store" && p != "restart" && p != "live" {
+			fmt.Fprintf(stderr, "bench: unknown phase %q (want store, restart, live)\n", p)
 			return 2
 		}
 		cfg.phases[p] = true
@@ -130,21 +136,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "bench:", err)
 			return 1
 		}
+		switch cfg.view {
+		case viewBench:
+		case viewUser:
+			cfg.buffer = cfg.userBuffer
+		default:
+			fmt.Fprintf(stderr, "bench: unknown view %q\n", cfg.view)
+			return 2
+		}
 		return runChild(cfg)
 	}
 	if cfg.dir == "" {
 		cfg.dir = os.TempDir()
 	}
-	syss, err := lookupSystems(cfg.sysList)
+	rows, err := lookupRows(cfg.viewList, cfg.sysList)
 	if err != nil {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 2
 	}
-	return runParent(cfg, syss, args, stdout, stderr)
+	return runParent(cfg, rows, args, stdout, stderr)
 }
 
 // runParent runs every (system, run) in a child, interleaved, and prints the tables.
-func runParent(cfg *config, syss []*system, args []string, stdout, stderr io.Writer) int {
+func runParent(cfg *config, rows []row, args []string, stdout, stderr io.Writer) int {
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(stderr, "bench:", err)
@@ -164,15 +178,15 @@ func runParent(cfg *config, syss []*system, args []string, stdout, stderr io.Wri
 	var results []*result
 	failed := 0
 	for r := range cfg.runs {
-		for k := range syss {
-			sys := syss[(k+r)%len(syss)] // rotate the order so no system always goes first
+		for k := range rows {
+			rw := rows[(k+r)%len(rows)] // rotate the order so no system always goes first
 			waitQuiet(cfg.quietWait, stderr)
-			res := runOne(cfg, exe, sys, r+1, stderr)
+			res := runOne(cfg, exe, rw, r+1, stderr)
 			results = append(results, res)
 			if jsonl != nil {
 				json.NewEncoder(jsonl).Encode(res)
 			}
-			fmt.Fprintf(stderr, "run %d/%d %-20s %s\n", r+1, cfg.runs, sys.name, summary(res))
+			fmt.Fprintf(stderr, "run %d/%d %-28s %s\n", r+1, cfg.runs, rw.key(), summary(res))
 			if res.failed() {
 				failed++
 				for _, e := range res.Errs {
@@ -188,7 +202,7 @@ func runParent(cfg *config, syss []*system, args []string, stdout, stderr io.Wri
 	if len(args) > 0 {
 		cmd += " " + strings.Join(args, " ")
 	}
-	writeReport(stdout, cfg, syss, results, cmd, time.Since(start))
+	writeReport(stdout, cfg, rows, results, cmd, time.Since(start))
 	if failed > 0 {
 		fmt.Fprintf(stderr, "bench: %d of %d runs failed (see the end of the report)\n", failed, len(results))
 		return 1
@@ -197,16 +211,18 @@ func runParent(cfg *config, syss []*system, args []string, stdout, stderr io.Wri
 }
 
 // runOne runs one system once in a child process and returns what it measured.
-func runOne(cfg *config, exe string, sys *system, run int, stderr io.Writer) *result {
+func runOne(cfg *config, exe string, rw row, run int, stderr io.Writer) *result {
+	sys := rw.sys
 	fail := func(format string, a ...any) *result {
-		return &result{Sys: sys.name, Run: run, Errs: []string{fmt.Sprintf(format, a...)}}
+		return &result{View: rw.view, Sys: sys.name, Run: run, Errs: []string{fmt.Sprintf(format, a...)}}
 	}
 	dir, err := os.MkdirTemp(cfg.dir, "pelichan-bench-"+sys.name+"-")
 	if err != nil {
 		return fail("%v", err)
 	}
 	defer os.RemoveAll(dir)
-	args := []string{"-child", "-sys=" + sys.name, "-run=" + strconv.Itoa(run), "-dir=" + dir,
+	args := []string{"-child", "-sys=" + sys.name, "-view=" + rw.view, "-user-buffer=" + strconv.Itoa(cfg.userBuffer),
+		"-run=" + strconv.Itoa(run), "-dir=" + dir,
 		"-n=" + strconv.Itoa(cfg.n), "-seed=" + strconv.FormatUint(cfg.seed, 10),
 		"-nsync1=" + strconv.Itoa(cfg.nSync1), "-n-dque=" + strconv.Itoa(cfg.nDque), "-dque-seg=" + strconv.Itoa(cfg.dqueSeg),
 		"-buffer=" + strconv.Itoa(cfg.buffer), "-srcbuf=" + strconv.Itoa(cfg.srcBuffer),
@@ -235,7 +251,7 @@ func runOne(cfg *config, exe string, sys *system, run int, stderr io.Writer) *re
 	sc := bufio.NewScanner(&out)
 	for sc.Scan() {
 		var r result
-		if json.Unmarshal(sc.Bytes(), &r) == nil && r.Sys == sys.name {
+		if json.Unmarshal(sc.Bytes(), &r) == nil && r.Sys == sys.name && r.View == rw.view {
 			res = &r
 		}
 	}
@@ -317,6 +333,9 @@ func summary(r *result) string {
 		s += fmt.Sprintf("  restart: store %s/s drain %s/s open %s",
 			fmtRate(float64(r.New)/r.RestartStoreSec), fmtRate(float64(r.Backlog+r.New)/r.RestartDrainSec),
 			fmtDur(r.ReopenSec))
+	}
+	if r.LiveSec > 0 {
+		s += fmt.Sprintf("  live %s/s", fmtRate(float64(r.N)/r.LiveSec))
 	}
 	if r.DiskBytes > 0 {
 		s += fmt.Sprintf("  disk %.3f B/B", float64(r.DiskBytes)/float64(r.Payload))

@@ -11,10 +11,11 @@ import (
 
 func init() {
 	register(&system{
-		name: "diskqueue",
-		desc: "github.com/nsqio/go-diskqueue, 100 MiB files (nsqd's default), no fsync but at file rotation and Close",
-		fifo: true,
-		new:  func(cfg *config) queue { return &diskQ{syncEvery: math.MaxInt64, syncTimeout: time.Hour} },
+		name:   "diskqueue",
+		desc:   "github.com/nsqio/go-diskqueue, 100 MiB files (nsqd's default), no fsync but at file rotation and Close",
+		fifo:   true,
+		new:    func(cfg *config) queue { return &diskQ{syncEvery: math.MaxInt64, syncTimeout: time.Hour} },
+		phases: []string{"store", "restart", "live"},
 	})
 	register(&system{
 		name:      "diskqueue-sync1",

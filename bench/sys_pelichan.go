@@ -12,9 +12,42 @@ import (
 
 func init() {
 	register(&system{
-		name: "pelichan",
-		desc: "pelichan with its defaults, except WithLinger (see -linger); Out buffer -buffer; consumer stalled while storing",
-		new:  func(cfg *config) queue { return &pelichanQ{cfg: cfg} },
+		name:   "pelichan",
+		desc:   "pelichan with its defaults (Zstd), except WithLinger (see -linger); Out buffer -buffer (bench view) or -user-buffer (user view); consumer stalled while storing",
+		new:    func(cfg *config) queue { return &pelichanQ{cfg: cfg} },
+		phases: []string{"store", "restart", "live"},
+	})
+	register(&system{
+		name: "pelichan-s2",
+		desc: "pelichan with WithCompression(S2)",
+		new: func(cfg *config) queue {
+			return &pelichanQ{cfg: cfg, opts: []pelichan.Option{pelichan.WithCompression(pelichan.S2)}}
+		},
+		phases: []string{"store"}, // spill and refill; the restart rows are the default compression's
+	})
+	register(&system{
+		name: "pelichan-auto",
+		desc: "pelichan with WithCompression(Auto): Zstd while the compressors keep up, S2 for batches queued behind them",
+		new: func(cfg *config) queue {
+			return &pelichanQ{cfg: cfg, opts: []pelichan.Option{pelichan.WithCompression(pelichan.Auto)}}
+		},
+		phases: []string{"store"}, // spill and refill; the restart rows are the default compression's
+	})
+	register(&system{
+		name: "pelichan-wa",
+		desc: "pelichan with WithWriteAhead(): every message appended (group commit) before it is delivered; live phase and consumer-stalled store phase",
+		new: func(cfg *config) queue {
+			return &pelichanQ{cfg: cfg, opts: []pelichan.Option{pelichan.WithWriteAhead()}}
+		},
+		phases: []string{"store", "live"},
+	})
+	register(&system{
+		name: "pelichan-wa-syncalways",
+		desc: "pelichan with WithWriteAhead() and WithSync(SyncAlways): every message fsynced before it is delivered; live phase only",
+		new: func(cfg *config) queue {
+			return &pelichanQ{cfg: cfg, opts: []pelichan.Option{pelichan.WithWriteAhead(), pelichan.WithSync(pelichan.SyncAlways)}}
+		},
+		phases: []string{"live"},
 	})
 	register(&system{
 		name: "pelichan-ordered",

@@ -12,10 +12,11 @@ import (
 
 func init() {
 	register(&system{
-		name: "rawfile",
-		desc: "ceiling: length-prefixed appends to one file through a 64 KiB bufio.Writer, read back through a 64 KiB bufio.Reader; no compression, checksums, deletion or read cursor",
-		fifo: true,
-		new:  func(cfg *config) queue { return &rawQ{} },
+		name:   "rawfile",
+		desc:   "ceiling: length-prefixed appends to one file through a 64 KiB bufio.Writer, read back through a 64 KiB bufio.Reader; no compression, checksums, deletion or read cursor",
+		fifo:   true,
+		new:    func(cfg *config) queue { return &rawQ{} },
+		phases: []string{"store", "restart", "live"},
 	})
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -41,6 +42,21 @@ type system struct {
 	fifo bool
 	// base is the row this one's ratios are computed against.
 	base string
+	// phases are the phases this system runs (store: store, then read back; restart;
+	// live: producer and consumer at once); nil: store and restart. storeOnly systems run
+	// the store phase only.
+	phases []string
+}
+
+// runs reports whether s runs phase p.
+func (s *system) runs(p string) bool {
+	if s.storeOnly {
+		return p == "store"
+	}
+	if s.phases == nil {
+		return p == "store" || p == "restart"
+	}
+	return slices.Contains(s.phases, p)
 }
 
 var systems = map[string]*system{}
@@ -54,8 +70,33 @@ func (s *system) n(cfg *config) int {
 	return cfg.n
 }
 
-// order is the default order of the rows.
-var order = []string{"pelichan", "diskqueue", "dque", "leveldb", "rawfile", "pelichan-ordered", "pelichan-syncalways", "diskqueue-sync1"}
+// The views: how the producer and the consumer behave, and how deep pelichan's Out is.
+const (
+	// viewBench: the harness as it always was: WithBuffer(-buffer, 1024), the producer
+	// hands out messages carved from slabs, the consumer only checks each message.
+	viewBench = "bench"
+	// viewUser: what a shipper sees: WithBuffer(-user-buffer, 100), the producer copies
+	// each line into an allocation of its own, the consumer checks each message and does
+	// per-message work (parses the line's fields and hashes them; see worker).
+	viewUser = "user"
+)
+
+var views = []string{viewBench, viewUser}
+
+// order is the default order of the rows of each view.
+var order = map[string][]string{
+	viewBench: {"pelichan", "diskqueue", "dque", "leveldb", "rawfile", "pelichan-ordered", "pelichan-syncalways", "diskqueue-sync1",
+		"pelichan-s2", "pelichan-auto", "pelichan-wa", "pelichan-wa-syncalways", "chancopy"},
+	viewUser: {"pelichan", "pelichan-s2", "pelichan-auto", "diskqueue", "rawfile", "pelichan-wa", "pelichan-wa-syncalways", "chancopy"},
+}
+
+// row is one system in one view: one row of that view's tables.
+type row struct {
+	view string
+	sys  *system
+}
+
+func (r row) key() string { return r.view + "/" + r.sys.name }
 
 func register(s *system) {
 	if s.base == "" {
@@ -64,22 +105,43 @@ func register(s *system) {
 	systems[s.name] = s
 }
 
-func lookupSystems(list string) ([]*system, error) {
-	if list == "" || list == "all" {
-		list = strings.Join(order, ",")
-	}
-	var out []*system
-	for _, name := range strings.Split(list, ",") {
-		s, ok := systems[strings.TrimSpace(name)]
-		if !ok {
-			names := make([]string, 0, len(systems))
-			for n := range systems {
-				names = append(names, n)
+// lookupRows returns the rows of the views named in viewList, keeping the systems named
+// in list (all: every system of the view).
+func lookupRows(viewList, list string) ([]row, error) {
+	want := map[string]bool{}
+	if list != "" && list != "all" {
+		for _, name := range strings.Split(list, ",") {
+			name = strings.TrimSpace(name)
+			if systems[name] == nil {
+				return nil, unknownSystem(name)
 			}
-			sort.Strings(names)
-			return nil, fmt.Errorf("unknown system %q (have: %s)", name, strings.Join(names, ", "))
+			want[name] = true
 		}
-		out = append(out, s)
+	}
+	var out []row
+	for _, v := range strings.Split(viewList, ",") {
+		v = strings.TrimSpace(v)
+		names, ok := order[v]
+		if !ok {
+			return nil, fmt.Errorf("unknown view %q (have: %s)", v, strings.Join(views, ", "))
+		}
+		for _, name := range names {
+			if len(want) == 0 || want[name] {
+				out = append(out, row{v, systems[name]})
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no system of -systems %q runs in -views %q", list, viewList)
 	}
 	return out, nil
+}
+
+func unknownSystem(name string) error {
+	names := make([]string, 0, len(systems))
+	for n := range systems {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return fmt.Errorf("unknown system %q (have: %s)", name, strings.Join(names, ", "))
 }

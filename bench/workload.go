@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"hash/maphash"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -210,6 +211,7 @@ type checker struct {
 	bad      int
 	disorder int
 	firstEr  string
+	work     *worker // if set, the per-message work of the user view, done on every message
 }
 
 func newChecker(w *workload, total int, fifo bool) *checker {
@@ -218,6 +220,9 @@ func newChecker(w *workload, total int, fifo bool) *checker {
 
 // add checks one message read back.
 func (c *checker) add(m []byte) {
+	if c.work != nil {
+		c.work.do(m)
+	}
 	c.got++
 	if len(m) < seqOff+seqLen {
 		c.fail("short message %q", m)
@@ -294,4 +299,89 @@ func (c *checker) verify(from, to int) error {
 		err += "; first problem: " + c.firstEr
 	}
 	return fmt.Errorf("%s", err)
+}
+
+// msgCopy returns message i the way a shipper's producer has it: the line is built in a
+// reused buffer (as bufio.Scanner hands out lines) and copied into an allocation of its
+// own before it is handed on. The user view's producer uses it.
+func (w *workload) msgCopy(i int, scratch *[]byte) []byte {
+	src := w.pool[i%poolSize]
+	b := append((*scratch)[:0], src...)
+	putSeq(b[seqOff:seqOff+seqLen], uint64(i))
+	*scratch = b
+	return bytes.Clone(b)
+}
+
+// worker is the user view's per-message work, done by the consumer on every message it
+// reads, the same for every system: split the line into its fields (the timestamp, then
+// key=value pairs whose values may be quoted), parse the numeric fields a shipper would
+// index (status, dur_ms, bytes) and hash every key and value, as a shipper building a
+// document and a dedup key does. About 0.3-0.5 µs a line on one core.
+type worker struct {
+	h   maphash.Hash
+	sum uint64 // kept so that the work cannot be optimized away
+}
+
+func newWorker() *worker {
+	wk := &worker{}
+	wk.h.SetSeed(maphash.MakeSeed())
+	return wk
+}
+
+func (wk *worker) do(m []byte) {
+	var sum uint64
+	var status int64
+	var dur float64
+	// The timestamp is the first field.
+	sp := bytes.IndexByte(m, ' ')
+	if sp < 0 {
+		sp = len(m)
+	}
+	wk.h.Reset()
+	wk.h.Write(m[:sp])
+	sum ^= wk.h.Sum64()
+	rest := m[sp:]
+	for len(rest) > 0 {
+		if rest[0] == ' ' {
+			rest = rest[1:]
+			continue
+		}
+		eq := bytes.IndexByte(rest, '=')
+		if eq < 0 {
+			break
+		}
+		key, val := rest[:eq], rest[eq+1:]
+		var end int
+		if len(val) > 0 && val[0] == '"' {
+			q := bytes.IndexByte(val[1:], '"')
+			if q < 0 {
+				q = len(val) - 1
+			}
+			end = q + 2
+			rest = val[min(end, len(val)):]
+			val = val[1 : q+1]
+		} else {
+			end = bytes.IndexByte(val, ' ')
+			if end < 0 {
+				end = len(val)
+			}
+			rest = val[end:]
+			val = val[:end]
+		}
+		switch string(key) {
+		case "status":
+			status, _ = strconv.ParseInt(string(val), 10, 64)
+		case "dur_ms":
+			dur, _ = strconv.ParseFloat(string(val), 64)
+		case "bytes":
+			n, _ := strconv.ParseInt(string(val), 10, 64)
+			sum += uint64(n)
+		}
+		wk.h.Reset()
+		wk.h.Write(key)
+		wk.h.WriteByte('=')
+		wk.h.Write(val)
+		sum = sum*31 + wk.h.Sum64()
+	}
+	wk.sum += sum + uint64(status) + uint64(dur*1000)
 }

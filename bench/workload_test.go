@@ -77,3 +77,31 @@ func TestWorkloadCompresses(t *testing.T) {
 		t.Errorf("compression ratio %.2f is not like log text (want about 4x)", ratio)
 	}
 }
+
+func TestWorkerParsesEveryField(t *testing.T) {
+	w := newWorkload(1)
+	var scratch []byte
+	for i := range 3 * poolSize {
+		m := w.msgCopy(i, &scratch)
+		if !bytes.Equal(m, w.msg(i)) {
+			t.Fatalf("msgCopy(%d) = %q, want %q", i, m, w.msg(i))
+		}
+		wk := newWorker()
+		wk.do(m)
+		if wk.sum == 0 {
+			t.Fatalf("no work done on %q", m)
+		}
+	}
+}
+
+func BenchmarkWorker(b *testing.B) {
+	w := newWorkload(1)
+	wk := newWorker()
+	var n int64
+	for i := 0; b.Loop(); i++ {
+		m := w.pool[i%poolSize]
+		n += int64(len(m))
+		wk.do(m)
+	}
+	b.SetBytes(n / int64(b.N))
+}
