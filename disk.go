@@ -64,7 +64,8 @@ const idleRelease = time.Second
 // compressBatch encodes b into records and hands them to the disk goroutine.
 func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T], reply chan error) {
 	w.Reset()
-	w.SetCompression(c.compression(len(c.writeCh) > 0))
+	// Behind: more batches on their way than compressors to take them.
+	w.SetCompression(c.compression(c.inflight.Load() > int64(c.compressors())))
 	w.SetTime(time.Now().UnixNano())
 	emit := func(last bool) {
 		n := w.Len()
