@@ -278,20 +278,6 @@ func (t *tracker) pins(seq uint64) bool {
 	return false
 }
 
-// forget drops what the tracker holds of records in segments the spool deleted (full-disk
-// and age policies delete segments the reader has not reached).
-func (t *tracker) forget(gone func(seg uint64) bool) {
-	for k := range t.ahead {
-		if gone(k.seg) {
-			delete(t.ahead, k)
-		}
-	}
-	for k := range t.pre {
-		if gone(k.seg) {
-			delete(t.pre, k)
-		}
-	}
-}
 
 // encode returns the done sets to save with the cursor: every record past the cursor with
 // a message done or handed out, including what the cursor file said of records not reached
@@ -313,7 +299,7 @@ func (t *tracker) encode() []byte {
 
 // The done sets, saved as the spool cursor's extra bytes:
 //
-//	"pd" | version 2 | uvarint records | per record:
+//	"pd" | version 3 | uvarint records | per record:
 //	    uvarint seg | uvarint index | uvarint count | crc u32 (the record's CRC-32C, little
 //	    endian, as in its header) | uvarint sent (its messages before this index were
 //	    handed out) |
