@@ -278,7 +278,6 @@ func (t *tracker) pins(seq uint64) bool {
 	return false
 }
 
-
 // encode returns the done sets to save with the cursor: every record past the cursor with
 // a message done or handed out, including what the cursor file said of records not reached
 // yet.
