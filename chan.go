@@ -110,6 +110,7 @@ const (
 	bShadow                  // deliveries that waited too long in Out or unacknowledged
 	bStore                   // Store(v)
 	bClose                   // what Close takes back
+	bSynced                  // not a batch: a Sync's answer, on its way back through the loop
 )
 
 type storedRec struct {
@@ -341,6 +342,14 @@ func (c *Chan[T]) call(ctx context.Context, r request[T]) error {
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-c.done:
+		// Close stored what was pending; a Store's answer is there by now.
+		select {
+		case err := <-r.reply:
+			return err
+		default:
+			return ErrClosed
+		}
 	}
 }
 
@@ -789,6 +798,11 @@ func (l *loopState[T]) shadow() {
 
 // shadowed takes the IDs of deliveries written while they waited.
 func (l *loopState[T]) shadowed(b *batch[T]) {
+	if b.kind == bSynced {
+		l.publish() // what Sync wrote counts as stored before Sync returns
+		b.reply <- b.err
+		return
+	}
 	for i, seq := range b.seqs {
 		id := b.ids[i]
 		if l.shadowDone[seq] {

@@ -535,8 +535,10 @@ func (c *Chan[T]) returned(d *diskState[T], b *refill[T]) {
 // serveSyncs answers the Sync calls whose batches are all through.
 func (c *Chan[T]) serveSyncs(d *diskState[T]) {
 	for len(d.syncs) > 0 && d.syncs[0].after <= d.through {
+		// The answer goes through the loop, behind the IDs of what Sync wrote, so that
+		// Stats count those messages as stored by the time Sync returns.
 		err := c.syncErr(d, true)
-		d.syncs[0].reply <- err
+		d.shadowQ = append(d.shadowQ, &batch[T]{kind: bSynced, reply: d.syncs[0].reply, err: err})
 		d.syncs = d.syncs[1:]
 	}
 }
@@ -787,6 +789,10 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	}
 	// Deliveries written while they waited: their copies are done if they are.
 	for _, b := range d.shadowQ {
+		if b.kind == bSynced {
+			b.reply <- b.err
+			continue
+		}
 		c.settleShadow(d, b, req.shadowDone)
 	}
 	d.shadowQ = nil
