@@ -68,7 +68,7 @@ type Chan[T any] struct {
 	readyCh  chan *refill[T] // stored messages to hand out, in order
 	returnCh chan *refill[T] // refill items handed out, back to the disk goroutine
 	shadowCh chan *batch[T]  // deliveries written while they waited, with their IDs
-	ctlCh    chan ctl        // done messages and Sync barriers
+	ctlCh    chan ctl[T]     // done messages, Sync barriers and Store
 	idleCh   chan struct{}   // the disk goroutine has nothing more to hand out
 	srcDone  chan struct{}   // closed by the loop: src is closed
 	finishCh chan finishReq[T]
@@ -131,10 +131,11 @@ type refill[T any] struct {
 }
 
 // ctl is a message from the loop to the disk goroutine.
-type ctl struct {
-	done []MsgID
-	sent MsgID // the last message handed out from a stored record (for Redelivered after a restart)
-	sync *syncReq
+type ctl[T any] struct {
+	stores []request[T] // Store calls: written by the disk goroutine itself, past the cap
+	done   []MsgID
+	sent   MsgID // the last message handed out from a stored record (for Redelivered after a restart)
+	sync   *syncReq
 }
 
 type syncReq struct {
@@ -146,6 +147,7 @@ type syncReq struct {
 // pipeline, and close the spool.
 type finishReq[T any] struct {
 	batches    []*batch[T]
+	stores     []request[T]
 	done       []MsgID
 	sentUpTo   MsgID           // the last message handed out of a record handed out in part
 	shadowDone map[uint64]bool // deliveries done while being written: their copies are done too
@@ -196,7 +198,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		readyCh:  make(chan *refill[T]),
 		returnCh: make(chan *refill[T], refillPool),
 		shadowCh: make(chan *batch[T]),
-		ctlCh:    make(chan ctl),
+		ctlCh:    make(chan ctl[T]),
 		idleCh:   make(chan struct{}, 1),
 		srcDone:  make(chan struct{}),
 		finishCh: make(chan finishReq[T]),
@@ -230,14 +232,16 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		return nil, fmt.Errorf("pelichan: open %s: %w", dir, err)
 	}
 	var terr error
-	tr, terr = newTracker(sp.Extra(), sp.Cursor())
+	tr, terr = newTracker(sp.Extra(), sp.Cursor(), sp.Has)
 	if terr != nil {
 		c.st.update(func(s *Stats) { s.Corrupt++ })
 		c.rep.report(fmt.Errorf("pelichan: %s: %w; messages done after the cursor may be delivered again", dir, terr))
 	}
 	ss := sp.Peek()
 	// Segments counted late (in the background) are added as they are (see lateCounts).
-	c.st.disk(ss, func(s *Stats) { s.OnDisk = ss.Undelivered - ss.Late - tr.preDone() })
+	// What the cursor file marks done is not to be delivered (at most what is stored: a
+	// damaged file claims no more).
+	c.st.disk(ss, func(s *Stats) { s.OnDisk = ss.Undelivered - ss.Late - min(tr.preDone(), ss.Undelivered-ss.Late) })
 	c.backlog.Store(!sp.Empty())
 	for range batchPool {
 		c.freeCh <- make([]T, 0, 64)
@@ -372,6 +376,7 @@ type loopState[T any] struct {
 	shadowDone map[uint64]bool
 	ackBuf     []ackRange
 	lastSent   MsgID // the last message handed out from a stored record
+	stores     []request[T]
 
 	linger    *time.Timer
 	lingerC   <-chan time.Time
@@ -578,10 +583,10 @@ func (c *Chan[T]) loop() {
 			sendDisk chan<- *batch[T]
 			getFree  <-chan []T
 			getReady <-chan *refill[T]
-			sendCtl  chan<- ctl
+			sendCtl  chan<- ctl[T]
 			idleC    <-chan struct{}
 			head     *batch[T]
-			ctlMsg   ctl
+			ctlMsg   ctl[T]
 			del      Delivery[T]
 		)
 		if l.accepting() {
@@ -606,9 +611,10 @@ func (c *Chan[T]) loop() {
 		if l.pending == nil {
 			getFree = c.freeCh
 		}
-		if len(l.doneIDs) > 0 || len(l.syncs) > 0 {
+		if len(l.doneIDs) > 0 || len(l.syncs) > 0 || len(l.stores) > 0 {
 			sendCtl = c.ctlCh
 			ctlMsg.done = l.doneIDs
+			ctlMsg.stores = l.stores
 			ctlMsg.sent = l.lastSent
 			if len(l.syncs) > 0 {
 				ctlMsg.sync = l.syncs[0]
@@ -647,7 +653,7 @@ func (c *Chan[T]) loop() {
 		case p := <-getFree:
 			l.pending = p[:0]
 		case sendCtl <- ctlMsg:
-			l.doneIDs = nil
+			l.doneIDs, l.stores = nil, nil
 			if ctlMsg.sync != nil {
 				l.syncs = l.syncs[1:]
 			}
@@ -680,7 +686,7 @@ func (c *Chan[T]) loop() {
 // nothing on its way to or from the disk, every delivery done.
 func (l *loopState[T]) finished() bool {
 	c := l.c
-	return l.queued() == 0 && len(l.outq) == 0 && l.cur == nil && l.pending != nil &&
+	return l.queued() == 0 && len(l.outq) == 0 && l.cur == nil && l.pending != nil && len(l.stores) == 0 &&
 		c.inflight.Load() == 0 && !c.backlog.Load() && l.tab.out() == 0 && len(l.doneIDs) == 0
 }
 
@@ -871,9 +877,12 @@ func (l *loopState[T]) flush() {
 // request handles Store and Sync.
 func (l *loopState[T]) request(r request[T]) {
 	if r.store {
+		// A consumer giving a message back: written by the disk goroutine at once, ahead of
+		// queued batches and past the disk cap, or it would wait for space only the
+		// consumer frees.
 		l.delta.Received++
 		l.delta.InMemory++
-		l.enqueue(&batch[T]{kind: bStore, msgs: []T{r.v}, reply: r.reply})
+		l.stores = append(l.stores, r)
 		return
 	}
 	l.flush()
@@ -920,7 +929,7 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 			r.reply <- ErrClosed
 		}
 	}
-	req.done = l.doneIDs
+	req.done, req.stores = l.doneIDs, l.stores
 	if l.cur != nil && l.ci > 0 {
 		req.sentUpTo = l.cur.ids[l.ci-1]
 	}

@@ -204,19 +204,20 @@ type diskState[T any] struct {
 	beyond   map[uint64]bool // batches through past it
 	syncs    []*syncReq
 	ticks    int
-	late     int64   // spool.Stats.Late already in OnDisk
-	memMsgs  int     // messages written ahead and kept in memory for the loop
-	closeErr []error // what could not be stored at Close
-	skipped  int64   // record bytes the reader passed over (handed out from memory)
-	dirtyAt  int64   // when the last record was written, until the segment is sealed idle
+	late     int64           // spool.Stats.Late already in OnDisk
+	memMsgs  int             // messages written ahead and kept in memory for the loop
+	closeErr []error         // what could not be stored at Close
+	skipped  int64           // record bytes the reader passed over (handed out from memory)
+	w        *segment.Writer // for Store, made on demand
+	dirtyAt  int64           // when the last record was written, until the segment is sealed idle
 }
 
 func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
 	d := &diskState[T]{
 		sp:      sp,
 		tr:      tr,
-		jobs:    make(chan decodeJob[T], refillPool),
-		decoded: make(chan decodeJob[T], refillPool),
+		jobs:    make(chan decodeJob[T], 4*refillPool),
+		decoded: make(chan decodeJob[T], 4*refillPool),
 		waiting: make(map[uint64]*refill[T]),
 		beyond:  make(map[uint64]bool),
 		lag:     !sp.Empty(),
@@ -313,6 +314,9 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
 			d.tr.sentUpTo(m.sent)
 			if m.sync != nil {
 				d.syncs = append(d.syncs, m.sync)
+			}
+			for _, r := range m.stores {
+				c.storeOne(d, r)
 			}
 		case <-srcDone:
 			d.srcDone, srcDone = true, nil
@@ -415,6 +419,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 				d.tr.register(key, e.n, recCRC(e.rec))
 			} else {
 				d.lag = true
+				c.backlog.Store(true) // before the batch stops counting in flight
 			}
 			if c.opts.sync.always {
 				c.sync(d)
@@ -434,6 +439,45 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 		c.complete(d, b)
 	}
 	return nil
+}
+
+// storeOne writes a message given to Store, past the disk cap (a consumer giving a message
+// back must not wait for space only it frees). On error it is not stored, and not counted:
+// the caller still has it.
+func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
+	fail := func(err error) {
+		c.st.update(func(s *Stats) { s.Received--; s.InMemory-- })
+		r.reply <- fmt.Errorf("pelichan: store: %w", err)
+	}
+	if d.w == nil {
+		d.w = c.newWriter()
+	}
+	w := d.w
+	w.Reset()
+	w.SetCompression(c.compression(false))
+	w.SetTime(time.Now().UnixNano())
+	if err := c.encodeInto(w, r.v, func() {}); err != nil {
+		fail(err)
+		return
+	}
+	_, err := c.appendAt(d, w.Record(), true)
+	w.Reset()
+	if err != nil {
+		fail(err)
+		return
+	}
+	d.dirty = true
+	d.dirtyAt = time.Now().UnixNano()
+	d.lag = true
+	c.backlog.Store(true)
+	if c.opts.sync.always {
+		if err := c.syncErr(d, false); err != nil {
+			fail(err)
+			return
+		}
+	}
+	c.st.disk(c.peek(d), func(s *Stats) { s.Spilled++; s.InMemory--; s.OnDisk++ })
+	r.reply <- nil
 }
 
 // giveUp ends a record that could not be stored at Close: its messages are lost (counted
@@ -493,6 +537,7 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 					m.ids = append(m.ids, b.ids[i])
 				}
 			}
+			d.memMsgs -= len(b.msgs) - len(m.msgs) // refused or dropped: not kept
 			m.seq = d.nextSeq
 			d.nextSeq++
 			d.waiting[m.seq] = m
@@ -567,7 +612,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 	// With no item free, records handed out from memory are still passed over, as long as
 	// they are all that is unread, so the reader never has to come back for them (from a
 	// sealed segment's file).
-	for len(d.free) > 0 || (!d.lag && len(d.tr.ahead) > 0) {
+	for (len(d.free) > 0 || (!d.lag && len(d.tr.ahead) > 0)) && d.decoding < 3*refillPool {
 		rec, err := d.sp.Next()
 		if errors.Is(err, io.EOF) {
 			d.lag = false
@@ -588,7 +633,8 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		}
 		if len(d.free) == 0 {
 			// Not handed out from memory after all (lag was wrong; not expected): one
-			// more item rather than lose the record to this session.
+			// more item rather than lose the record to this session (the channels to and
+			// from the decoders have room for a few more than the pool).
 			d.free = append(d.free, &refill[T]{})
 		}
 		b := d.free[len(d.free)-1]
@@ -644,7 +690,10 @@ func (c *Chan[T]) order(d *diskState[T]) {
 		delete(d.waiting, d.orderSeq)
 		d.orderSeq++
 		if len(w.msgs) == 0 {
-			d.free = append(d.free, w)
+			if !w.wa {
+				w.rec = nil
+				d.free = append(d.free, w)
+			}
 			continue
 		}
 		d.readyQ = append(d.readyQ, w)
@@ -750,6 +799,9 @@ func (c *Chan[T]) checkpoint(d *diskState[T]) {
 func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	d.closing = true
 	var errs []error
+	for _, r := range req.stores {
+		c.storeOne(d, r)
+	}
 	for _, id := range req.done {
 		d.tr.done(id)
 	}
@@ -777,7 +829,10 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	for e := range c.recCh {
 		put(e)
 	}
-	w := c.newWriter()
+	if d.w == nil {
+		d.w = c.newWriter()
+	}
+	w := d.w
 	defer w.Close()
 	var front []*batch[T]
 	for _, b := range req.batches {
@@ -879,11 +934,16 @@ func (c *Chan[T]) storeNow(d *diskState[T], w *segment.Writer, b *batch[T], put 
 // drop-oldest policy deletes old segments and tries again; otherwise the error wraps
 // ErrFull and the caller applies the policy.
 func (c *Chan[T]) append(d *diskState[T], rec []byte) (spool.Cursor, error) {
+	return c.appendAt(d, rec, d.closing)
+}
+
+// appendAt is append, past the cap if lift.
+func (c *Chan[T]) appendAt(d *diskState[T], rec []byte, lift bool) (spool.Cursor, error) {
 	for {
 		var err error
 		var pos spool.Cursor
 		// At Close the cap is lifted: what was in memory is stored rather than lost.
-		if c.opts.maxDisk > 0 && !d.closing {
+		if c.opts.maxDisk > 0 && !lift {
 			if used := d.sp.Peek().DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {
 				err = fmt.Errorf("%w: %d bytes on disk, the cap is %d", ErrFull, used, c.opts.maxDisk)
 			}
@@ -897,14 +957,15 @@ func (c *Chan[T]) append(d *diskState[T], rec []byte) (spool.Cursor, error) {
 		if err != nil && !errors.Is(err, ErrFull) {
 			return pos, fmt.Errorf("pelichan: %w", err)
 		}
-		if err == nil || c.opts.whenFull != DropOldest || d.closing {
+		if err == nil || c.opts.whenFull != DropOldest || lift {
 			return pos, err
 		}
 		n, ok, derr := d.sp.DropOldest()
 		if !ok {
 			return pos, err // nothing may be dropped: block until the reader frees space
 		}
-		c.st.update(func(s *Stats) { s.OnDisk -= n; s.Dropped += n })
+		back := int64(d.tr.prune(d.sp.Has)) // done, but counted in n
+		c.st.update(func(s *Stats) { s.OnDisk -= n - back; s.Dropped += n - back })
 		c.rep.report(errors.Join(
 			fmt.Errorf("pelichan: oldest segment dropped with %d messages (drop-oldest): %w", n, err), derr))
 	}
@@ -920,6 +981,7 @@ func (c *Chan[T]) expire(d *diskState[T]) {
 		return
 	}
 	n, err := d.sp.DropOlderThan(time.Now().Add(-c.opts.maxAge).UnixNano())
+	n -= int64(d.tr.prune(d.sp.Has)) // done, but counted in n
 	if n > 0 {
 		c.st.update(func(s *Stats) { s.OnDisk -= n; s.Dropped += n })
 		c.rep.report(fmt.Errorf("pelichan: %d messages older than %v dropped", n, c.opts.maxAge))

@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/pelichan/pelichan/segment"
 	"github.com/pelichan/pelichan/spool"
 )
 
@@ -37,10 +38,33 @@ type recState struct {
 	bits   []uint64 // done messages; nil while none is
 	sent   int      // its messages before this index were handed out (for Redelivered after a restart)
 	before int      // an earlier Chan handed out its messages before this index
+	runs   []run    // from the cursor file, until the reader reaches the record (bits then)
 }
 
+// run is a stretch of done messages: [start, start+n).
+type run struct{ start, n int }
+
 func (r *recState) isDone(i int) bool {
-	return r.bits != nil && r.bits[i/64]&(1<<(i%64)) != 0
+	if r.bits == nil {
+		for _, x := range r.runs {
+			if i >= x.start && i < x.start+x.n {
+				return true
+			}
+		}
+		return false
+	}
+	return r.bits[i/64]&(1<<(i%64)) != 0
+}
+
+// materialize turns the runs read from the cursor file into the done bitmap.
+func (r *recState) materialize() {
+	runs := r.runs
+	r.runs, r.done = nil, 0
+	for _, x := range runs {
+		for i := x.start; i < x.start+x.n; i++ {
+			r.mark(i)
+		}
+	}
 }
 
 // mark records message i as done; false if it was already.
@@ -68,17 +92,17 @@ func (r *recState) full() bool { return r.done >= r.count }
 type tracker struct {
 	recs    []*recState
 	ahead   map[recKey]*recState
-	pre     map[recKey]*recState
+	pre     []*recState  // by key
 	popped  *recKey      // the last record taken off recs, wholly done
 	acked   spool.Cursor // the cursor last returned by advance
 	start   spool.Cursor // the cursor at open
 	changed bool         // since the last checkpoint
 }
 
-// newTracker starts from the done sets saved with the cursor (extra), forgetting those of
-// records before the cursor.
-func newTracker(extra []byte, cursor spool.Cursor) (*tracker, error) {
-	t := &tracker{ahead: map[recKey]*recState{}, pre: map[recKey]*recState{}, start: cursor, acked: cursor}
+// newTracker starts from the done sets saved with the cursor (extra), keeping those of
+// records at or after the cursor in segments that exist (has).
+func newTracker(extra []byte, cursor spool.Cursor, has func(seg uint64) bool) (*tracker, error) {
+	t := &tracker{ahead: map[recKey]*recState{}, start: cursor, acked: cursor}
 	if len(extra) == 0 {
 		return t, nil
 	}
@@ -87,11 +111,23 @@ func newTracker(extra []byte, cursor spool.Cursor) (*tracker, error) {
 		return t, err
 	}
 	for _, r := range recs {
-		if !r.key.less(recKey{cursor.Seg, cursor.Index}) {
-			t.pre[r.key] = r
+		if !r.key.less(recKey{cursor.Seg, cursor.Index}) && has(r.key.seg) {
+			t.pre = append(t.pre, r)
 		}
 	}
+	slices.SortFunc(t.pre, func(a, b *recState) int { return cmpKey(a.key, b.key) })
+	t.pre = slices.CompactFunc(t.pre, func(a, b *recState) bool { return a.key == b.key })
 	return t, nil
+}
+
+func cmpKey(a, b recKey) int {
+	switch {
+	case a.less(b):
+		return -1
+	case b.less(a):
+		return 1
+	}
+	return 0
 }
 
 // preDone is how many messages the cursor file marks done past the cursor: stored, but
@@ -124,18 +160,19 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 		return r, true, 0
 	}
 	gone := 0
-	for k, r := range t.pre {
-		if k.less(key) {
-			// A record the reader passed without finding it (dropped, or damaged): its done
-			// messages were never on disk after all.
-			delete(t.pre, k)
-			gone += r.done
-			t.changed = true
-		}
+	for len(t.pre) > 0 && t.pre[0].key.less(key) {
+		// A record the reader passed without finding it (dropped, or damaged): its done
+		// messages were never on disk after all.
+		gone += t.pre[0].done
+		t.pre = t.pre[1:]
+		t.changed = true
 	}
-	r, ok := t.pre[key]
+	var r *recState
+	ok := len(t.pre) > 0 && t.pre[0].key == key
 	if ok {
-		delete(t.pre, key)
+		r = t.pre[0]
+		t.pre = t.pre[1:]
+		r.materialize()
 		if r.count != count || r.crc != crc {
 			// Not the record the cursor file meant (damage before it shifted the entry
 			// indexes): trust nothing of it. Duplicates, never loss.
@@ -247,13 +284,12 @@ func (t *tracker) advance() (spool.Cursor, bool) {
 // dropSeg forgets the records of segment seq.
 func (t *tracker) dropSeg(seq uint64) {
 	t.recs = slices.DeleteFunc(t.recs, func(r *recState) bool { return r.key.seg == seq })
-	for _, m := range []map[recKey]*recState{t.ahead, t.pre} {
-		for k := range m {
-			if k.seg == seq {
-				delete(m, k)
-			}
+	for k := range t.ahead {
+		if k.seg == seq {
+			delete(t.ahead, k)
 		}
 	}
+	t.pre = slices.DeleteFunc(t.pre, func(r *recState) bool { return r.key.seg == seq })
 	t.changed = true
 }
 
@@ -266,6 +302,23 @@ func (t *tracker) sentUpTo(id MsgID) {
 		r.sent = int(id.Msg) + 1
 		t.changed = true
 	}
+}
+
+// prune forgets what the cursor file said of records in segments that are gone (dropped by
+// the full-disk or age policies) and returns how many done messages that was.
+func (t *tracker) prune(has func(seg uint64) bool) int {
+	gone := 0
+	t.pre = slices.DeleteFunc(t.pre, func(r *recState) bool {
+		if has(r.key.seg) {
+			return false
+		}
+		gone += r.done
+		return true
+	})
+	if gone > 0 {
+		t.changed = true
+	}
+	return gone
 }
 
 // pins reports whether records of segment seq are handed out from memory.
@@ -288,11 +341,10 @@ func (t *tracker) encode() []byte {
 			all = append(all, r)
 		}
 	}
-	for _, m := range []map[recKey]*recState{t.ahead, t.pre} {
-		for _, r := range m {
-			all = append(all, r)
-		}
+	for _, r := range t.ahead {
+		all = append(all, r)
 	}
+	all = append(all, t.pre...)
 	return encodeDone(all, t.acked)
 }
 
@@ -323,7 +375,15 @@ func encodeDone(recs []*recState, cursor spool.Cursor) []byte {
 		if r.key == (recKey{cursor.Seg, cursor.Index}) {
 			from = int(cursor.Offset)
 		}
-		for i := from; i < r.count; {
+		if r.bits == nil && r.runs != nil {
+			for _, x := range r.runs {
+				if x.start+x.n > from {
+					s := max(x.start, from)
+					runs = append(runs, [2]int{s, x.start + x.n - s})
+				}
+			}
+		}
+		for i := from; r.bits != nil && i < r.count; {
 			if !r.isDone(i) {
 				i++
 				continue
@@ -346,9 +406,15 @@ func encodeDone(recs []*recState, cursor spool.Cursor) []byte {
 	return b
 }
 
-// maxRecordMessages bounds what a done set may claim of one record, so that a damaged
-// cursor file cannot make New allocate without bound.
-const maxRecordMessages = 1 << 24
+// Bounds of the done sets read from a cursor file, so that a damaged or hostile one cannot
+// make New take time or memory without bound: a record claims at most segment.MaxCount
+// messages, and its done messages are kept as runs (a bitmap only once the reader reaches
+// the record, whose count and CRC must match). Far more than any Chan writes: the done sets
+// cover at most the deliveries out at once.
+const (
+	maxDoneRecords = 1 << 20
+	maxDoneRuns    = 1 << 22
+)
 
 var errDoneSet = errors.New("pelichan: done sets in the cursor file")
 
@@ -367,15 +433,16 @@ func decodeDone(b []byte) ([]*recState, error) {
 		return v, true
 	}
 	n, ok := next()
-	if !ok || n > uint64(len(p)) {
+	if !ok || n > uint64(len(p)) || n > maxDoneRecords {
 		return nil, bad
 	}
+	var total uint64
 	recs := make([]*recState, 0, n)
 	for range n {
 		seg, ok1 := next()
 		index, ok2 := next()
 		count, ok3 := next()
-		if !ok1 || !ok2 || !ok3 || len(p) < 4 || count == 0 || count > maxRecordMessages {
+		if !ok1 || !ok2 || !ok3 || len(p) < 4 || count == 0 || count > segment.MaxCount {
 			return nil, bad
 		}
 		r := &recState{key: recKey{seg, index}, count: int(count), crc: binary.LittleEndian.Uint32(p)}
@@ -389,6 +456,9 @@ func decodeDone(b []byte) ([]*recState, error) {
 		if !ok || runs > count {
 			return nil, bad
 		}
+		if total += runs; total > maxDoneRuns {
+			return nil, bad
+		}
 		end := uint64(0)
 		for range runs {
 			start, ok1 := next()
@@ -396,9 +466,8 @@ func decodeDone(b []byte) ([]*recState, error) {
 			if !ok1 || !ok2 || length == 0 || start > count || length > count || end+start+length > count {
 				return nil, bad
 			}
-			for i := end + start; i < end+start+length; i++ {
-				r.mark(int(i))
-			}
+			r.runs = append(r.runs, run{int(end + start), int(length)})
+			r.done += int(length)
 			end += start + length
 		}
 		recs = append(recs, r)

@@ -273,3 +273,17 @@ func (s *Spool) Close() error {
 	errs = append(errs, s.lock.Close())
 	return errors.Join(errs...)
 }
+
+// Has reports whether segment seq is in the spool.
+func (s *Spool) Has(seq uint64) bool {
+	_, ok := slices.BinarySearchFunc(s.segs, seq, func(sg *seg, seq uint64) int {
+		switch {
+		case sg.seq < seq:
+			return -1
+		case sg.seq > seq:
+			return 1
+		}
+		return 0
+	})
+	return ok
+}
