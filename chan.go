@@ -317,8 +317,11 @@ func (c *Chan[T]) Stats() Stats {
 
 // Store writes v to the spool, to be delivered later like any stored message (a consumer
 // giving back a message it could not send). It returns once v is written (and fsynced
-// under SyncAlways), an error if it could not be, and ErrClosed after Close. v counts in
-// Stats.Received.
+// under SyncAlways), an error if it could not be (then v is not stored and not counted:
+// the caller still has it), and ErrClosed after Close. Store is not held back by the disk
+// cap (WithMaxDiskBytes) or queued behind spilled batches: at the cap, only the consumer
+// frees space, so a consumer giving a message back must not wait for it. On a full disk it
+// fails with an error wrapping ErrFull. v counts in Stats.Received.
 func (c *Chan[T]) Store(v T) error {
 	return c.call(context.Background(), request[T]{store: true, v: v, reply: make(chan error, 1)})
 }
