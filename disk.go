@@ -25,36 +25,40 @@ type encoded[T any] struct {
 // compress turns batches into records until writeCh is closed. Each compressor owns one
 // segment.Writer (and so one zstd encoder).
 func (c *Chan[T]) compress() {
-	var w *segment.Writer // made on demand, released when idle: an idle Chan stays small
-	defer func() {
-		if w != nil {
-			w.Close()
-		}
-	}()
+	reply := make(chan error, 1)
+	serveIdle(c.writeCh, c.newWriter, func(w *segment.Writer, b *batch[T]) { c.compressBatch(w, b, reply) })
+}
+
+// serveIdle calls work for every item from in until in is closed, with state made by
+// open on demand and closed once no item came for idleRelease (an idle Chan stays small)
+// and at the end.
+func serveIdle[J any, S interface{ Close() }](in <-chan J, open func() S, work func(S, J)) {
+	var st S
+	have := false
 	idle := time.NewTimer(time.Hour)
 	idle.Stop()
 	defer idle.Stop()
-	reply := make(chan error, 1)
 	for {
-		var b *batch[T]
 		select {
-		case bb, ok := <-c.writeCh:
+		case j, ok := <-in:
 			if !ok {
+				if have {
+					st.Close()
+				}
 				return
 			}
-			b = bb
-		case <-idle.C:
-			if w != nil {
-				w.Close()
-				w = nil
+			if !have {
+				st, have = open(), true
 			}
-			continue
+			idle.Reset(idleRelease)
+			work(st, j)
+		case <-idle.C:
+			if have {
+				st.Close()
+				var zero S
+				st, have = zero, false
+			}
 		}
-		if w == nil {
-			w = c.newWriter()
-		}
-		idle.Reset(idleRelease)
-		c.compressBatch(w, b, reply)
 	}
 }
 
@@ -369,6 +373,7 @@ func recCRC(rec []byte) uint32 {
 // lateCounts adds to OnDisk the messages of segments the spool counted after Open.
 func (c *Chan[T]) lateCounts(d *diskState[T]) {
 	ss := d.sp.Stats()
+	ss.BytesRead -= d.skipped
 	n := ss.Late - d.late
 	d.late = ss.Late
 	c.st.disk(ss, func(s *Stats) { s.OnDisk += n })
@@ -649,7 +654,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		d.jobs <- decodeJob[T]{b: b, data: rec.Data, done: done} // never blocks: capacity refillPool
 	}
 	if read {
-		ss := d.sp.Peek()
+		ss := c.peek(d)
 		n := ss.Late - d.late
 		d.late = ss.Late
 		c.st.disk(ss, func(s *Stats) { s.OnDisk += n })
@@ -703,36 +708,7 @@ func (c *Chan[T]) order(d *diskState[T]) {
 // decode turns records into refill items until jobs is closed. Damaged records and
 // messages the codec refuses are reported and left out.
 func (c *Chan[T]) decode(jobs <-chan decodeJob[T], out chan<- decodeJob[T]) {
-	var r *segment.Reader // made on demand, released when idle
-	defer func() {
-		if r != nil {
-			r.Close()
-		}
-	}()
-	idle := time.NewTimer(time.Hour)
-	idle.Stop()
-	defer idle.Stop()
-	for {
-		var j decodeJob[T]
-		select {
-		case jj, ok := <-jobs:
-			if !ok {
-				return
-			}
-			j = jj
-		case <-idle.C:
-			if r != nil {
-				r.Close()
-				r = nil
-			}
-			continue
-		}
-		if r == nil {
-			r = segment.NewReader()
-		}
-		idle.Reset(idleRelease)
-		c.decodeJob(r, j, out)
-	}
+	serveIdle(jobs, segment.NewReader, func(r *segment.Reader, j decodeJob[T]) { c.decodeJob(r, j, out) })
 }
 
 // decodeJob decodes one record and sends the result on.
