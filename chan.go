@@ -91,7 +91,7 @@ type batch[T any] struct {
 	no     uint64 // numbers the batches the loop sends, for Sync
 	msgs   []T
 	seqs   []uint64    // bShadow: the deliveries they are
-	reply  chan error  // bStore
+	reply  chan error  // bSynced: the Sync's answer
 	pooled bool        // msgs came from freeCh
 	front  bool        // at Close in ordered mode: in front of the backlog
 	ids    []MsgID     // filled by the disk goroutine: where each message went (zero: refused or lost)
@@ -108,7 +108,6 @@ const (
 	bSpill  batchKind = iota // overflow: the consumer is behind
 	bAhead                   // write-ahead: stored, then handed out
 	bShadow                  // deliveries that waited too long in Out or unacknowledged
-	bStore                   // Store(v)
 	bClose                   // what Close takes back
 	bSynced                  // not a batch: a Sync's answer, on its way back through the loop
 )

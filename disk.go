@@ -147,9 +147,6 @@ func (c *Chan[T]) refused(b *batch[T], i int, err error) {
 	if b.kind != bShadow {
 		c.st.update(func(s *Stats) { s.InMemory--; s.Dropped++ })
 	}
-	if b.kind == bStore {
-		b.err = err
-	}
 	c.rep.report(err)
 }
 
@@ -397,9 +394,6 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			n := int64(e.n)
 			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
 			c.rep.report(fmt.Errorf("%w: %d messages dropped (drop-newest)", err, e.n))
-			if b.kind == bStore {
-				b.err = fmt.Errorf("pelichan: store: %w (drop-newest)", err)
-			}
 			b.recs = append(b.recs, storedRec{n: e.n}) // no place: no IDs
 			e.reply <- nil
 			err, e.rec = nil, nil
@@ -529,10 +523,6 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 		}
 	}
 	switch b.kind {
-	case bStore:
-		if b.reply != nil {
-			b.reply <- b.err // capacity 1, one reply
-		}
 	case bAhead:
 		if m := b.mem; m != nil {
 			m.msgs, m.ids, m.before = m.msgs[:0], m.ids[:0], 0
