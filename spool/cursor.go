@@ -45,6 +45,7 @@ type cursorFile struct {
 // Version 1 (read, never written again): "pcur" | 1 | 3 zero | seg u64 | index u64 |
 // offset u32 | crc32c of bytes 0..28; 32 bytes. It has no high, low or extra.
 const (
+	cursorVersion = 2 // the version Checkpoint writes
 	cursorV1Size  = 32
 	cursorV2Fixed = 52 // bytes of a version 2 file besides the extra bytes
 )
@@ -53,7 +54,7 @@ func encodeCursor(cf cursorFile) []byte {
 	n := len(cf.extra)
 	b := make([]byte, cursorV2Fixed+n)
 	copy(b, "pcur")
-	b[4] = 2
+	b[4] = cursorVersion
 	binary.LittleEndian.PutUint64(b[8:], cf.pos.Seg)
 	binary.LittleEndian.PutUint64(b[16:], cf.pos.Index)
 	binary.LittleEndian.PutUint32(b[24:], cf.pos.Offset)
