@@ -19,17 +19,22 @@ func TestAppendReturnsPosition(t *testing.T) {
 	s := mustOpen(t, dir, testOpts())
 	defer s.Close()
 	var pos []Cursor
+	size := 0 // bytes of the last record's entry
 	for i, b := range batches("pos", 20, 3) {
-		c, err := s.Append(makeRecord(t, b...))
+		rec := makeRecord(t, b...)
+		c, err := s.Append(rec)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.Offset != 0 || c.Index == 0 || c.Seg == 0 {
+		if c.Offset != 0 || c.Seg == 0 {
 			t.Fatalf("Append %d: position %+v", i, c)
 		}
-		if n := len(pos); n > 0 && !(c.Seg > pos[n-1].Seg || c.Seg == pos[n-1].Seg && c.Index == pos[n-1].Index+1) {
-			t.Fatalf("Append %d: position %+v after %+v", i, c, pos[n-1])
+		// The offset of the record's framing: the file size before it.
+		if n := len(pos); n > 0 && c.Seg == pos[n-1].Seg && c.Index != pos[n-1].Index+uint64(size) ||
+			(n == 0 || c.Seg != pos[n-1].Seg) && c.Index != 0 || n > 0 && c.Seg < pos[n-1].Seg {
+			t.Fatalf("Append %d: position %+v after %+v (%d bytes)", i, c, pos[len(pos)-1], size)
 		}
+		size = uvarintLen(uint64(len(rec))) + len(rec)
 		pos = append(pos, c)
 	}
 	if segs := segNames(t, dir); len(segs) < 3 {
