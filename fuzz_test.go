@@ -90,10 +90,13 @@ type fzRec struct {
 const fzWAL = "00000000000000000001"
 
 // fzCursor mirrors the spool's cursor file (documented in the spool package): "pcur",
-// version 1, three zero bytes, seg u64, index u64, offset u32, CRC-32C of bytes 0..28.
+// version 1, three zero bytes, seg u64, index u64 (an entry index), offset u32, CRC-32C
+// of bytes 0..28; or version 3 (what the library writes), the same position with Index
+// the record's byte offset, then high u64, low u64, n u32, n extra bytes, CRC-32C.
 type fzCursor struct {
 	Seg, Index uint64
 	Offset     uint32
+	ByOffset   bool // Index is a byte offset (version 3), not an entry index (version 1)
 }
 
 var fzCastagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -110,12 +113,20 @@ func fzEncodeCursor(c fzCursor) []byte {
 }
 
 func fzDecodeCursor(b []byte) (fzCursor, bool) {
+	if len(b) >= 52 && string(b[:4]) == "pcur" && b[4] == 3 {
+		n := uint64(binary.LittleEndian.Uint32(b[44:]))
+		if uint64(len(b)) != 52+n || crc32.Checksum(b[:48+n], fzCastagnoli) != binary.LittleEndian.Uint32(b[48+n:]) {
+			return fzCursor{}, false
+		}
+		return fzCursor{binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:]),
+			binary.LittleEndian.Uint32(b[24:]), true}, true
+	}
 	if len(b) != 32 || string(b[:4]) != "pcur" || b[4] != 1 ||
 		crc32.Checksum(b[:28], fzCastagnoli) != binary.LittleEndian.Uint32(b[28:]) {
 		return fzCursor{}, false
 	}
 	return fzCursor{binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:]),
-		binary.LittleEndian.Uint32(b[24:])}, true
+		binary.LittleEndian.Uint32(b[24:]), false}, true
 }
 
 // fzParseWAL reads a segment file written by the library: tidwall/wal's binary framing
@@ -232,7 +243,7 @@ func fzBuild(f *testing.F, dir string) *fzPristine {
 	if pr.format, err = os.ReadFile(filepath.Join(dir, "FORMAT")); err != nil {
 		f.Fatal(err)
 	}
-	if len(pr.segs) < 4 || pr.cursor.Seg == pr.segs[0] && pr.cursor.Index <= 1 {
+	if len(pr.segs) < 4 || pr.cursor.Seg == pr.segs[0] && pr.cursor.Index == 0 {
 		f.Fatalf("pristine spool too simple: segments %v, cursor %+v", pr.segs, pr.cursor)
 	}
 	// Every message not yet delivered is on disk exactly once.
@@ -535,12 +546,14 @@ func fzOwed(pr *fzPristine, dir string, st *fzState) (owed []string, cur fzCurso
 	b, err := os.ReadFile(filepath.Join(dir, "cursor"))
 	cur, ok := fzDecodeCursor(b)
 	if err != nil || !ok || (len(segs) > 0 && cur.Seg > segs[len(segs)-1]) {
-		cur = fzCursor{Index: 1}
+		cur = fzCursor{ByOffset: true}
 		if len(segs) > 0 {
 			cur.Seg = segs[0]
 		}
 	}
-	cur.Index = max(cur.Index, 1)
+	if !cur.ByOffset {
+		cur.Index = max(cur.Index, 1)
+	}
 	read = map[[2]uint64]bool{}
 	for _, r := range pr.recs {
 		k := [2]uint64{r.seg, r.index}
@@ -548,10 +561,14 @@ func fzOwed(pr *fzPristine, dir string, st *fzState) (owed []string, cur fzCurso
 			continue
 		}
 		var from int
+		at := r.index // where the record is, as the cursor names records
+		if cur.ByOffset {
+			at = uint64(r.off)
+		}
 		switch {
-		case r.seg > cur.Seg, r.seg == cur.Seg && r.index > cur.Index:
+		case r.seg > cur.Seg, r.seg == cur.Seg && at > cur.Index:
 			from = 0
-		case r.seg == cur.Seg && r.index == cur.Index:
+		case r.seg == cur.Seg && at == cur.Index:
 			from = min(int(cur.Offset), len(r.msgs))
 		default:
 			continue
