@@ -341,9 +341,6 @@ func (c *Chan[T]) call(ctx context.Context, r request[T]) error {
 	}
 }
 
-// syncWait is a Sync waiting for the loop to pass its barrier to the disk goroutine.
-type syncWait = syncReq
-
 // loopState is what the loop goroutine owns.
 type loopState[T any] struct {
 	c       *Chan[T]

@@ -169,7 +169,6 @@ const (
 type decodeJob[T any] struct {
 	b      *refill[T]
 	data   []byte   // the record: the spool's buffers stay valid while referenced
-	offset int      // messages before it are done (an old-style cursor)
 	done   []uint64 // messages done already, as a bitmap (nil: none)
 	result *decoded
 }

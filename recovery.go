@@ -278,21 +278,6 @@ func (t *tracker) pins(seq uint64) bool {
 	return false
 }
 
-// forget drops what the tracker holds of records in segments the spool deleted (full-disk
-// and age policies delete segments the reader has not reached).
-func (t *tracker) forget(gone func(seg uint64) bool) {
-	for k := range t.ahead {
-		if gone(k.seg) {
-			delete(t.ahead, k)
-		}
-	}
-	for k := range t.pre {
-		if gone(k.seg) {
-			delete(t.pre, k)
-		}
-	}
-}
-
 // encode returns the done sets to save with the cursor: every record past the cursor with
 // a message done or handed out, including what the cursor file said of records not reached
 // yet.
