@@ -652,7 +652,8 @@ func TestMetaMissingOrDamaged(t *testing.T) {
 // ---- damage to a segment being read, before the cursor -----------------------------------
 
 // One stretch of damage that spans two records in front of the cursor must not cost a
-// record behind the cursor that it did not touch.
+// record behind the cursor that it did not touch, nor deliver again one before it: the
+// cursor is a byte offset, which the damage cannot shift.
 func TestDamageBeforeCursorSpanningRecords(t *testing.T) {
 	f := newFixture(t, "span", 24, 3)
 	seg := f.segs[1]
@@ -678,6 +679,7 @@ func TestDamageBeforeCursorSpanningRecords(t *testing.T) {
 	want := f.except(func(r recInfo) bool { return r.seg == f.segs[0] || (r.seg == seg && r.index <= 3) })
 	got, _ := recoverAll(t, f, want)
 	checkNoFalse(t, append(got, done...), f.written)
+	checkExactlyOnce(t, got, want)
 }
 
 // A lost cursor on an empty spool lets segment numbers start over, so a damaged segment
