@@ -620,14 +620,16 @@ func (l *look) pastEnd(sg *seg, c Cursor, scanned, newest bool) bool {
 	ents, bad, good := scanFile(buf)
 	found := uint64(len(ents) + len(bad))
 	if newest && tornTail(buf, bad, good) {
-		found--
+		found-- // cut off by Open
 	}
 	if m, ok := decodeMeta(l.metas[sg.seq].b); ok && found < m.records {
-		return false
+		return false // entries missing: the reader reads it
 	}
-	sg.meta.records = 0 // compared by setEnd: counted above
-	sg.setEnd(ents, found)
-	return c.Index >= sg.end
+	end := uint64(0)
+	if n := len(ents); n > 0 {
+		end = uint64(ents[n-1].offset) + 1
+	}
+	return c.Index >= end
 }
 
 // otherFile classifies a name in the spool directory that is not part of the live spool.
