@@ -625,9 +625,15 @@ func (l *look) pastEnd(sg *seg, c Cursor, scanned, newest bool) bool {
 	if m, ok := decodeMeta(l.metas[sg.seq].b); ok && found < m.records {
 		return false // entries missing: the reader reads it
 	}
+	if newest && tornTail(buf, bad, good) {
+		bad = nil
+	}
 	end := uint64(0)
 	if n := len(ents); n > 0 {
 		end = uint64(ents[n-1].offset) + 1
+	}
+	if n := len(bad); n > 0 {
+		end = max(end, uint64(bad[n-1].offset)+1)
 	}
 	return c.Index >= end
 }

@@ -247,3 +247,29 @@ func TestIndexToOffset(t *testing.T) {
 		}
 	}
 }
+
+// Damage to the record the cursor is in, the last of its segment (found by FuzzRecovery):
+// the records in front of it are no reason to take the segment for consumed; the reader
+// reads it and reports the damage.
+func TestDamageInCursorsLastRecordReported(t *testing.T) {
+	dir := t.TempDir()
+	writeSpool(t, dir, testOpts(), batches("last", 12, 3))
+	recs := layout(t, dir)
+	first := segRecs(recs, recs[0].seg)
+	last := first[len(first)-1]
+	s := mustOpen(t, dir, testOpts())
+	readN(t, s, len(first)-1)
+	r, err := s.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(Cursor{Seg: r.Pos.Seg, Index: r.Pos.Index, Offset: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	flipByte(t, walPath(dir, last.seg), last.end-3, 0x31)
+	_, reports := readAll(t, dir, testOpts())
+	checkReported(t, reports, last.seg, last.off, last.off)
+}

@@ -117,18 +117,23 @@ func (s *Spool) loadReader(sg *seg) error {
 	if ents == nil {
 		s.rents = []entry{}
 	}
-	sg.setEnd(ents, found)
+	sg.setEnd(ents, bad)
 	sg.meta.records = found
 	return nil
 }
 
-// setEnd records where sg's last valid record is, from a scan of its file that found
-// ents and found entries in all (damaged stretches included).
-func (sg *seg) setEnd(ents []entry, found uint64) {
+// setEnd records where sg's last entry is, from a scan of its file that found the valid
+// records ents and the damaged stretches bad. A damaged stretch counts: a cursor in front
+// of it leaves the segment to the reader, which reports the damage (one in the cursor's
+// own record, say) before the segment goes.
+func (sg *seg) setEnd(ents []entry, bad []damage) {
 	sg.end, sg.endKnown = 0, true
-	sg.short = sg.short || found < sg.meta.records
+	sg.short = sg.short || uint64(len(ents)+len(bad)) < sg.meta.records
 	if n := len(ents); n > 0 {
 		sg.end = uint64(ents[n-1].offset) + 1
+	}
+	if n := len(bad); n > 0 {
+		sg.end = max(sg.end, uint64(bad[n-1].offset)+1)
 	}
 }
 

@@ -348,7 +348,7 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 	for _, e := range ents {
 		sg.meta.add(e.hdr)
 	}
-	sg.setEnd(ents, uint64(len(ents)+len(bad)))
+	sg.setEnd(ents, bad)
 	sg.meta.records = uint64(len(ents) + len(bad))
 	if len(bad) > 0 {
 		sg.damaged = true
@@ -366,6 +366,7 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 			return nil
 		}
 		sg.damaged = false
+		sg.setEnd(ents, nil)
 	} else {
 		for _, d := range bad {
 			s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
@@ -469,7 +470,7 @@ func (s *Spool) deliveredBefore(sg *seg, c Cursor) error {
 			sg.delivered += uint64(min(int(c.Offset), e.hdr.Count))
 		}
 	}
-	sg.setEnd(ents, uint64(len(ents)+len(bad)))
+	sg.setEnd(ents, bad)
 	return nil
 }
 
