@@ -711,7 +711,7 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 	if err != nil {
 		// The spool checked the CRC, so this is a bug or memory damage: report and skip.
 		res.failed = true
-		c.rep.report(&CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Index: b.key.index, Err: err})
+		c.rep.report(&CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Offset: int64(b.key.index), Err: err})
 		out <- j
 		return
 	}

@@ -45,15 +45,15 @@ type CorruptionError = spool.CorruptionError
 // nothing is lost: the handler may keep or re-queue them. It wraps ErrCodec and the codec's
 // error.
 type DecodeError struct {
-	Segment string // the segment and entry the message was read from
-	Index   uint64
-	Message int // position of the message in its record
+	Segment string // the segment the message was read from
+	Index   uint64 // its record's byte offset in the segment (as MsgID.Index)
+	Message int    // position of the message in its record
 	Raw     []byte
 	Err     error
 }
 
 func (e *DecodeError) Error() string {
-	return fmt.Sprintf("pelichan: decode message %d of segment %s entry %d (%d bytes): %v",
+	return fmt.Sprintf("pelichan: decode message %d of segment %s offset %d (%d bytes): %v",
 		e.Message, e.Segment, e.Index, len(e.Raw), e.Err)
 }
 

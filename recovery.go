@@ -18,6 +18,13 @@ package pelichan
 //   - after a crash, messages done since the last checkpoint may come again;
 //   - a message is delivered again with the same MsgID, because it is read from the same
 //     place.
+//
+// Records are keyed by segment and byte offset (spool.Cursor.Index), which damage to other
+// records cannot change, and offsets order records as the spool reads them. Done sets
+// saved before positions were byte offsets (with a spool cursor file of version 1 or 2)
+// are keyed by entry index: they match no record now (and the CRC would refuse a wrong
+// one), so the messages they marked done past the cursor are delivered again once
+// (duplicates, never loss); the cursor itself is translated by the spool.
 
 import (
 	"encoding/binary"
@@ -270,6 +277,9 @@ func (t *tracker) advance() (spool.Cursor, bool) {
 		}
 		c = spool.Cursor{Seg: r.key.seg, Index: r.key.index, Offset: uint32(off)}
 	case t.popped != nil:
+		// One byte past the popped record's offset: spool.Ack counts every record of the
+		// segment before it delivered, the popped one included, and no record starts
+		// there (a record's framing takes more than one byte).
 		c = spool.Cursor{Seg: t.popped.seg, Index: t.popped.index + 1}
 	default:
 		return c, false

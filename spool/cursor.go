@@ -11,12 +11,15 @@ import (
 	"strconv"
 )
 
-// Cursor is a read position: the next message to deliver is message Offset of entry Index
-// of segment Seg.
+// Cursor is a read position in segment Seg: every record of Seg whose offset is less
+// than Index is delivered, and so are the first Offset messages of the record at offset
+// Index, if one starts there. Index is the byte offset of a record's framing (its
+// uvarint length) in the segment's WAL file: damage elsewhere in the file never changes
+// it. Append returns, and Next returns in Record.Pos, Index = the record's offset.
 type Cursor struct {
 	Seg    uint64
-	Index  uint64
-	Offset uint32
+	Index  uint64 // byte offset of the record's framing (its uvarint length) in the segment's WAL file
+	Offset uint32 // messages of the record at Index delivered
 }
 
 // MaxExtra is the most extra bytes (see Spool.SetExtra) a cursor file holds.
@@ -32,11 +35,11 @@ type cursorFile struct {
 	extra     []byte // the owner's bytes (Spool.SetExtra); nil if none
 }
 
-// Cursor file, version 2 (written since), little endian:
+// Cursor file, version 3 (written since), little endian:
 //
 //	0   "pcur"
-//	4   version 2, then 3 zero bytes
-//	8   seg u64 | 16 index u64 | 24 offset u32   the acknowledged position (see Cursor)
+//	4   version 3, then 3 zero bytes
+//	8   seg u64 | 16 index u64 | 24 offset u32   the acknowledged position (see Cursor; index is a byte offset)
 //	28  high u64 | 36 low u64                    highest and lowest segment numbers ever used
 //	44  n u32 (at most MaxExtra)                 length of the extra bytes
 //	48  extra [n]byte
@@ -45,6 +48,7 @@ type cursorFile struct {
 // Version 1 (read, never written again): "pcur" | 1 | 3 zero | seg u64 | index u64 |
 // offset u32 | crc32c of bytes 0..28; 32 bytes. It has no high, low or extra.
 const (
+	cursorVersion = 3 // the version Checkpoint writes
 	cursorV1Size  = 32
 	cursorV2Fixed = 52 // bytes of a version 2 file besides the extra bytes
 )
@@ -53,7 +57,7 @@ func encodeCursor(cf cursorFile) []byte {
 	n := len(cf.extra)
 	b := make([]byte, cursorV2Fixed+n)
 	copy(b, "pcur")
-	b[4] = 2
+	b[4] = cursorVersion
 	binary.LittleEndian.PutUint64(b[8:], cf.pos.Seg)
 	binary.LittleEndian.PutUint64(b[16:], cf.pos.Index)
 	binary.LittleEndian.PutUint32(b[24:], cf.pos.Offset)
@@ -65,7 +69,8 @@ func encodeCursor(cf cursorFile) []byte {
 	return b
 }
 
-// decodeCursor reads a cursor file of version 1 or 2 and returns its version.
+// decodeCursor reads a cursor file of version 1, 2 or 3 and returns its version. The
+// position of a version 1 or 2 file is an entry index (see indexToOffset).
 func decodeCursor(b []byte) (cursorFile, int, error) {
 	if len(b) < 8 || string(b[:4]) != "pcur" {
 		return cursorFile{}, 0, fmt.Errorf("%w: cursor file does not start with \"pcur\"", ErrCorrupt)
@@ -83,16 +88,17 @@ func decodeCursor(b []byte) (cursorFile, int, error) {
 			Index:  binary.LittleEndian.Uint64(b[16:]),
 			Offset: binary.LittleEndian.Uint32(b[24:]),
 		}}, 1, nil
-	case 2:
+	case 2, 3:
+		v := int(v)
 		if len(b) < cursorV2Fixed {
-			return cursorFile{}, 2, fmt.Errorf("%w: version 2 cursor file of %d bytes, want at least %d", ErrCorrupt, len(b), cursorV2Fixed)
+			return cursorFile{}, v, fmt.Errorf("%w: version %d cursor file of %d bytes, want at least %d", ErrCorrupt, v, len(b), cursorV2Fixed)
 		}
 		n := binary.LittleEndian.Uint32(b[44:])
 		if n > MaxExtra || uint64(len(b)) != cursorV2Fixed+uint64(n) {
-			return cursorFile{}, 2, fmt.Errorf("%w: version 2 cursor file of %d bytes claims %d extra bytes", ErrCorrupt, len(b), n)
+			return cursorFile{}, v, fmt.Errorf("%w: version %d cursor file of %d bytes claims %d extra bytes", ErrCorrupt, v, len(b), n)
 		}
 		if crc32.Checksum(b[:48+n], castagnoli) != binary.LittleEndian.Uint32(b[48+n:]) {
-			return cursorFile{}, 2, fmt.Errorf("%w: cursor file crc mismatch", ErrCorrupt)
+			return cursorFile{}, v, fmt.Errorf("%w: cursor file crc mismatch", ErrCorrupt)
 		}
 		cf := cursorFile{
 			pos: Cursor{
@@ -106,9 +112,9 @@ func decodeCursor(b []byte) (cursorFile, int, error) {
 		if n > 0 {
 			cf.extra = bytes.Clone(b[48 : 48+n])
 		}
-		return cf, 2, nil
+		return cf, v, nil
 	default:
-		return cursorFile{}, int(v), fmt.Errorf("%w: cursor file version %d, this build reads 1 and 2", ErrCorrupt, v)
+		return cursorFile{}, int(v), fmt.Errorf("%w: cursor file version %d, this build reads 1 to 3", ErrCorrupt, v)
 	}
 }
 
@@ -123,7 +129,7 @@ func readCursorPath(path string) (cursorFile, int, error) {
 }
 
 // savedCursor is what the cursor file holds, as last written or read (ok false: unknown,
-// or a version 1 file, which the next Checkpoint replaces).
+// or a version 1 or 2 file, which the next Checkpoint replaces).
 type savedCursor struct {
 	ok        bool
 	pos       Cursor
@@ -154,7 +160,11 @@ func seqPrefix(name string) (uint64, bool) {
 	return seq, err == nil && seq != 0
 }
 
-// Ack records that every message before c has been delivered. Segments wholly before c
+// Ack records that every message before c has been delivered: every record of the
+// segments before c.Seg, every record of c.Seg at an offset less than c.Index, and the
+// first c.Offset messages of the record at offset c.Index. So Ack(Cursor{Seg, Index: off
+// + 1}) acknowledges the record at off whole (no record starts at off + 1), and
+// Ack(Cursor{Seg, Index: off, Offset: k}) its first k messages. Segments wholly before c
 // are deleted (or, if damage was found in them, set aside as evidence).
 func (s *Spool) Ack(c Cursor) error {
 	if s.closed {
@@ -163,11 +173,11 @@ func (s *Spool) Ack(c Cursor) error {
 	s.acked = c
 	for len(s.unack) > 0 {
 		r := &s.unack[0]
-		if r.sg.seq > c.Seg || (r.sg.seq == c.Seg && r.index > c.Index) {
+		if r.sg.seq > c.Seg || (r.sg.seq == c.Seg && r.off > c.Index) {
 			break
 		}
 		done := r.count
-		if r.sg.seq == c.Seg && r.index == c.Index {
+		if r.sg.seq == c.Seg && r.off == c.Index {
 			done = min(c.Offset, r.count) // a record partly delivered (at shutdown)
 		}
 		if done > r.skip {

@@ -17,3 +17,13 @@ func encodeCursorV1(c Cursor) []byte {
 	binary.LittleEndian.PutUint32(b[28:], crc32.Checksum(b[:28], castagnoli))
 	return b
 }
+
+// encodeCursorV2 writes cf as a version 2 file (the layout of version 3, whose position
+// is an entry index), as the code before byte offsets did.
+func encodeCursorV2(cf cursorFile) []byte {
+	b := encodeCursor(cf)
+	b[4] = 2
+	n := len(b) - 4
+	binary.LittleEndian.PutUint32(b[n:], crc32.Checksum(b[:n], castagnoli))
+	return b
+}

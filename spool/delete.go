@@ -65,7 +65,7 @@ func (s *Spool) collect() error {
 		if sg.seq == s.acked.Seg {
 			// Moving past this segment: the cursor now means the start of the next one, or,
 			// past a front segment, its resume cursor.
-			s.acked = Cursor{Seg: sg.seq + 1, Index: 1}
+			s.acked = Cursor{Seg: sg.seq + 1}
 			if r := sg.meta.resume; r.Seg > sg.seq {
 				s.acked = r
 			}
@@ -96,14 +96,11 @@ func (s *Spool) collect() error {
 	return nil
 }
 
-// pastEnd reports whether the acknowledged cursor lies past sg's last entry. When
-// damage in sg may have swallowed entries that no count records, the indexes after it
-// cannot be trusted: the reader decides, by reading.
+// pastEnd reports whether the acknowledged cursor lies past sg's last valid record, where
+// the writer or a scan found where that is, and no whole entries are missing from it (the
+// reader then reads it, and reports them).
 func (s *Spool) pastEnd(sg *seg) bool {
-	if sg.damaged && sg.sealedCount == 0 && !sg.readDone {
-		return false
-	}
-	return s.acked.Index > max(sg.meta.records, sg.sealedCount)
+	return sg.endKnown && !sg.short && s.acked.Index >= sg.end
 }
 
 // readPast reports whether the reader has finished sg and every record it read from sg

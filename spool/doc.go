@@ -9,35 +9,50 @@
 //	DIR/cursor                      the read position, segment number marks and the owner's extra bytes, with a CRC-32C
 //	DIR/<20-digit seq>/             one segment: a tidwall/wal log directory holding
 //	    00000000000000000001        the log's only file: entries framed as uvarint length + record
-//	    meta                        counts and times, written when the segment is sealed
+//	    meta                        counts and times, written when the segment is sealed (and a front segment's resume cursor)
 //	DIR/<seq>.bad, <seq>.N.bad      a segment set aside as evidence of damage (never deleted by us)
 //	DIR/<seq>.<nanos>.broken        bytes cut from a torn tail (the newest 8 kept, 1 MiB each)
 //
-// Records are segment package records. The cursor names a segment, an entry index in it and
-// how many messages of that entry were already delivered.
+// Records are segment package records. A position (Cursor) names a record by its segment
+// and the byte offset of its framing (its uvarint length) in the segment's WAL file, and
+// says how many messages of that record were already delivered. Append returns that
+// position, Next returns it in Record.Pos, and pelichan's message IDs are built from it.
+// Damage elsewhere in a file never changes where a record starts, so a position names the
+// same record in every session, whatever happened to the records around it.
 //
 // # The cursor file
 //
-// Version 2, little endian, replaced atomically by Checkpoint and Close (and skipped when
+// Version 3, little endian, replaced atomically by Checkpoint and Close (and skipped when
 // nothing changed):
 //
 //	+--------+----+-------+-----+-------+--------+------+------+-----+-------+--------+
-//	| "pcur" | 02 | 0 0 0 | seg | index | offset | high | low  |  n  | extra | crc32c |
+//	| "pcur" | 03 | 0 0 0 | seg | index | offset | high | low  |  n  | extra | crc32c |
 //	|   4    | 1  |   3   |  8  |   8   |   4    |  8   |  8   |  4  |   n   |   4    |
 //	+--------+----+-------+-----+-------+--------+------+------+-----+-------+--------+
 //
-// seg, index and offset are the acknowledged position (Cursor); high and low the highest
-// and lowest segment numbers ever created in the directory; extra the owner's bytes
-// (SetExtra, at most MaxExtra); the CRC-32C (Castagnoli) covers every byte before it.
-// Version 1 (32 bytes: "pcur", 01, three zero bytes, seg, index, offset, CRC-32C of the
-// 28 bytes before it) is still read, as a position with no marks and no extra bytes, and
-// replaced by version 2 at the next checkpoint. These layouts are part of the on-disk
-// format.
+// seg, index and offset are the acknowledged position (Cursor): every record of segment
+// seg at a byte offset less than index is delivered (and every record of the segments
+// before it), and so are the first offset messages of the record at byte offset index.
+// high and low are the highest and lowest segment numbers ever created in the directory;
+// extra the owner's bytes (SetExtra, at most MaxExtra); the CRC-32C (Castagnoli) covers
+// every byte before it.
+//
+// Older versions are still read, and replaced by version 3 at the next checkpoint. Their
+// index is the record's 1-based entry index in the segment, as the scanner counts entries
+// (a damaged stretch counts as one entry, whatever it swallowed): Open translates it into
+// the record's byte offset by scanning the cursor's segment (an index past the last entry
+// becomes the end of the file), keeping those versions' rule for damage that may have
+// shifted entry indexes: where a damaged stretch in front of the position is not exactly
+// one framed entry, or entries are missing against the count recorded at sealing, reading
+// resumes at the first such stretch, without the message offset (duplicates, never loss).
+// Version 2 has the layout above with 02. Version 1 (32 bytes: "pcur", 01, three zero
+// bytes, seg, index, offset, CRC-32C of the 28 bytes before it) has no marks and no extra
+// bytes. These layouts are part of the on-disk format.
 //
 // # Segment numbers
 //
 // A segment number is never used twice in a directory's life, so a position (segment,
-// index) names one record for good: pelichan's message IDs are built from it. New segments
+// byte offset) names one record for good: pelichan's message IDs are built from it. New segments
 // are numbered above the high mark, front segments (see Front) below the low mark. At Open
 // the marks are the cursor file's, raised and lowered by every number found in the
 // directory (segments, and NAME.bad, NAME.*.broken, NAME.del.tmp files). Before the
@@ -72,10 +87,19 @@
 // The segment being written is read through its wal.Log. A sealed segment is read with
 // this package's own scanner over tidwall/wal's binary framing: tidwall/wal refuses a whole
 // log for one bad byte, while the scanner checks each record's header and CRC, skips what
-// is damaged (reported as *CorruptionError with segment, entry and byte offset, wrapping
-// ErrCorrupt), and resynchronises at the next offset where a valid framed record starts, so
+// is damaged (reported as *CorruptionError with segment, entry index as the scanner counts
+// entries, and byte offset, wrapping ErrCorrupt), and resynchronises at the next offset where a valid framed record starts, so
 // damage costs only the records it touches. A segment with damage is renamed NAME.bad once
 // consumed instead of being deleted.
+//
+// The reader's position is a Cursor: it reads the records at byte offsets from the
+// cursor's on, skipping the cursor's message offset in the record that starts exactly
+// there. The segment being written is read by entry index through its wal.Log, so the
+// Spool keeps the byte offset of each of its entries. A segment is consumed (deleted, or
+// set aside if damaged) once the acknowledged cursor lies past its last valid record
+// (known from writing it or from a scan, and not trusted when whole entries are missing
+// against the count recorded at sealing), or once the reader has read all of it and every
+// record read from it is acknowledged.
 //
 // No file makes this cost more than a small multiple of its size: resynchronising tries
 // only the offsets just before an occurrence of the record magic, skips a candidate whose
@@ -111,15 +135,16 @@
 //   - a missing or damaged cursor means reading from the first segment (duplicates, never
 //     loss), with no extra bytes; a cursor past the last segment is reported and treated
 //     the same way; a cursor into a deleted segment means the start of the next one (never
-//     a front segment's: it is checkpointed past one before deleting it);
+//     a front segment's: it is checkpointed past one before deleting it); a cursor of an
+//     older version (an entry index) is translated into a byte offset (see The cursor
+//     file), and so is a front segment's resume cursor in a meta file of version 1;
 //   - segments wholly before the cursor (whose deletion had not reached the disk) are
 //     deleted (by renaming to *.tmp first, so a kill never leaves half a segment), and an
 //     interrupted Front is completed;
-//   - the cursor names an entry by its index, and damage in front of it can change how
-//     many entries a scan finds: where the scan in front of the cursor is not exactly one
-//     intact entry per index, or entries are missing against the sealed count, reading
-//     resumes right after the first such stretch, without the message offset (duplicates,
-//     never loss); a message offset applies only to the entry it was recorded for.
+//   - reading starts at the first valid record at or after the cursor's byte offset; its
+//     message offset applies only to a record that starts exactly there (if that record is
+//     damaged, the next one is delivered whole). Damage in front of the cursor cannot move
+//     it, so no rule guesses where reading resumes.
 //
 // New records always go to a new segment: the newest one found at Open is never appended
 // to again.
@@ -147,8 +172,10 @@
 // # Front segments
 //
 // Front, used at shutdown in ordered mode, writes the messages taken back from Out into a
-// segment numbered below all others. Its meta holds a resume cursor, the cursor at that
-// moment: once the front segment is read, reading goes on there, so no stored segment is
+// segment numbered below all others. Its meta (version 2: "pmet", 02, three zero bytes,
+// records, messages, raw bytes, first and last time, replaces, resume seg, resume index (a
+// byte offset), resume offset, CRC-32C; version 1 had an entry index there) holds a
+// resume cursor, the cursor at that moment: once the front segment is read, reading goes on there, so no stored segment is
 // copied or rewritten. A front segment written while the cursor is inside an earlier one
 // takes over the earlier one's small undelivered rest and resume cursor, and names it in
 // its meta so that Open finishes deleting it after a crash.

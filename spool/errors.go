@@ -32,8 +32,8 @@ var (
 // CorruptionError says where damaged data was found. It wraps ErrCorrupt.
 type CorruptionError struct {
 	Segment string // segment directory name
-	Index   uint64 // entry index within the segment (1-based) where known
-	Offset  int64  // byte offset in the segment file
+	Index   uint64 // entry index within the segment (1-based, as the scanner counts entries) where known
+	Offset  int64  // byte offset in the segment file (for a record, its position: Cursor.Index)
 	Length  int64  // damaged bytes skipped, where known
 	Err     error
 }

@@ -81,9 +81,11 @@ func readSegFile(path string, limit int64) ([]byte, error) {
 	return buf[:n], err
 }
 
-// meta file of a sealed segment: "pmet" | version 1 | 3 zero | records u64 | messages u64 |
+// meta file of a sealed segment: "pmet" | version 2 | 3 zero | records u64 | messages u64 |
 // raw bytes u64 | first time i64 | last time i64 | replaces u64 | resume seg u64 |
-// resume index u64 | resume offset u32 | crc32c of bytes 0..76
+// resume index u64 | resume offset u32 | crc32c of bytes 0..76. The resume index is a
+// byte offset (see Cursor); in version 1 (still read) it is an entry index, translated
+// at Open (see indexToOffset).
 const metaSize = 80
 
 type segMeta struct {
@@ -94,12 +96,15 @@ type segMeta struct {
 	// reading goes on once this segment is read.
 	replaces uint64
 	resume   Cursor
+	// resumeIndex: resume.Index is an entry index (a meta file of version 1), not yet
+	// translated into an offset.
+	resumeIndex bool
 }
 
 func encodeMeta(m segMeta) []byte {
 	b := make([]byte, metaSize)
 	copy(b, "pmet")
-	b[4] = 1
+	b[4] = 2
 	binary.LittleEndian.PutUint64(b[8:], m.records)
 	binary.LittleEndian.PutUint64(b[16:], m.messages)
 	binary.LittleEndian.PutUint64(b[24:], m.raw)
@@ -114,7 +119,7 @@ func encodeMeta(m segMeta) []byte {
 }
 
 func decodeMeta(b []byte) (segMeta, bool) {
-	if len(b) != metaSize || string(b[:4]) != "pmet" || b[4] != 1 ||
+	if len(b) != metaSize || string(b[:4]) != "pmet" || b[4] != 1 && b[4] != 2 ||
 		crc32.Checksum(b[:76], castagnoli) != binary.LittleEndian.Uint32(b[76:]) {
 		return segMeta{}, false
 	}
@@ -130,6 +135,7 @@ func decodeMeta(b []byte) (segMeta, bool) {
 			Index:  binary.LittleEndian.Uint64(b[64:]),
 			Offset: binary.LittleEndian.Uint32(b[72:]),
 		},
+		resumeIndex: b[4] == 1 && binary.LittleEndian.Uint64(b[56:]) != 0,
 	}, true
 }
 

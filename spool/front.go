@@ -66,10 +66,10 @@ func (s *Spool) Front(recs [][]byte) error {
 	if top <= 1 {
 		return fmt.Errorf("spool: front: no segment number left in front")
 	}
-	sg := &seg{seq: top - 1, sealed: true}
+	sg := &seg{seq: top - 1, sealed: true, endKnown: true}
 	sg.meta.resume = s.acked
 	if sg.meta.resume.Seg == 0 {
-		sg.meta.resume = Cursor{Seg: base, Index: 1}
+		sg.meta.resume = Cursor{Seg: base}
 	}
 	var old *seg
 	if len(s.segs) > 0 && s.segs[0].seq == s.acked.Seg && s.segs[0].meta.resume.Seg > s.segs[0].seq {
@@ -88,7 +88,7 @@ func (s *Spool) Front(recs [][]byte) error {
 	s.segs = append([]*seg{sg}, s.segs...)
 	s.st.DiskBytes += sg.size
 	s.st.Undelivered += int64(sg.meta.messages)
-	s.acked = Cursor{Seg: sg.seq, Index: 1}
+	s.acked = Cursor{Seg: sg.seq}
 	if err := s.Checkpoint(); err != nil {
 		return err
 	}
@@ -112,9 +112,9 @@ func (s *Spool) restOf(sg *seg) ([][]byte, error) {
 	var rest [][]byte
 	for _, e := range ents {
 		switch {
-		case e.index > s.acked.Index || (e.index == s.acked.Index && s.acked.Offset == 0):
+		case uint64(e.offset) > s.acked.Index || (uint64(e.offset) == s.acked.Index && s.acked.Offset == 0):
 			rest = append(rest, e.data)
-		case e.index == s.acked.Index && int(s.acked.Offset) < e.hdr.Count:
+		case uint64(e.offset) == s.acked.Index && int(s.acked.Offset) < e.hdr.Count:
 			r := segment.NewReader()
 			b, err := r.Decode(e.data)
 			if err != nil {
@@ -151,6 +151,7 @@ func (s *Spool) writeSealed(sg *seg, recs [][]byte) error {
 			return fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
 		}
 		sg.meta.add(h)
+		sg.end = uint64(sg.size) + 1
 		sg.size += int64(uvarintLen(uint64(len(rec))) + len(rec))
 		s.st.BytesWritten += int64(len(rec))
 		s.st.RawWritten += int64(h.RawLen)

@@ -80,10 +80,11 @@ type CursorInfo struct {
 	Error   string `json:"error,omitempty"`
 	Seq     uint64 `json:"seq"`     // segment sequence number (0 when there is none)
 	Segment string `json:"segment"` // the segment directory's name
-	Index   uint64 `json:"index"`   // 1-based entry index within the segment
-	Offset  uint32 `json:"offset"`  // messages of that entry already delivered
+	Index   uint64 `json:"index"`   // byte offset of the record's framing in the segment's WAL file (see Cursor)
+	Offset  uint32 `json:"offset"`  // messages of that record already delivered
 	// What the cursor file holds besides the position, when State is "ok": its format
-	// version (1 or 2); from version 2, the highest and lowest segment numbers ever used
+	// version (1 to 3; the position of versions 1 and 2 is an entry index, shown here as
+	// the offset Open translates it into); from version 2, the highest and lowest segment numbers ever used
 	// (new segments are numbered above High, front segments below Low) and the length of
 	// the owner's extra bytes (Spool.SetExtra).
 	Version    int    `json:"version,omitempty"`
@@ -116,7 +117,8 @@ type SegmentInfo struct {
 	Resume *Position `json:"resume,omitempty"`
 }
 
-// Position is a read position: message Offset of entry Index of the segment Seq.
+// Position is a read position: message Offset of the record at byte offset Index of the
+// segment Seq (see Cursor).
 type Position struct {
 	Seq     uint64 `json:"seq"`
 	Segment string `json:"segment"` // the segment directory's name
@@ -200,7 +202,7 @@ type DumpOptions struct {
 // Message is one message yielded by Dump.
 type Message struct {
 	Segment   string    // segment directory name
-	Index     uint64    // entry index of its record within the segment
+	Index     uint64    // byte offset of its record in the segment's WAL file (as Cursor.Index)
 	N         int       // position within the record, from 0
 	Time      time.Time // the record's time (zero if the writer set none)
 	Delivered bool      // before the cursor (only with DumpOptions.All)
@@ -341,7 +343,7 @@ func Dump(dir string, opts DumpOptions, fn func(m Message) error) error {
 		for _, p := range sr.problems {
 			// Not the damage before where reading starts (a segment Open sets aside has
 			// no start, and its problem is reported).
-			if opts.All || p.Index == 0 || p.Index >= l.start[seq].Index {
+			if opts.All || p.Index == 0 || uint64(p.Offset+p.Length) > l.start[seq].Index {
 				problem(p)
 			}
 		}
@@ -364,7 +366,7 @@ func Dump(dir string, opts DumpOptions, fn func(m Message) error) error {
 				problem(decodeProblem(sr.name, e, err))
 				continue
 			}
-			m := Message{Segment: sr.name, Index: e.index, Time: nanoTime(e.hdr.Time)}
+			m := Message{Segment: sr.name, Index: uint64(e.offset), Time: nanoTime(e.hdr.Time)}
 			for k := start + skip; k < count; k++ {
 				m.N, m.Delivered, m.Data = int(k), k < done, b.Message(int(k))
 				if err := fn(m); err != nil {
@@ -387,9 +389,9 @@ func Dump(dir string, opts DumpOptions, fn func(m Message) error) error {
 func (l *look) undelivered(seq uint64, e entry) int64 {
 	start, ok := l.start[seq]
 	switch {
-	case !ok, e.index < start.Index:
+	case !ok, uint64(e.offset) < start.Index:
 		return 0
-	case e.index == start.Index:
+	case uint64(e.offset) == start.Index:
 		return int64(e.hdr.Count) - int64(min(int(start.Offset), e.hdr.Count))
 	}
 	return int64(e.hdr.Count)
@@ -424,7 +426,7 @@ type look struct {
 	segs    []uint64            // segment directories, sorted
 	metas   map[uint64]metaFile // their meta files, read once
 	// start is where the next Open's reader starts in each segment it reads: the cursor in
-	// the first, a front segment's resume cursor in the segment it names, entry 1 in the
+	// the first, a front segment's resume cursor in the segment it names, offset 0 in the
 	// others. A segment without one is not read.
 	start map[uint64]Cursor
 	// passed holds the segments that are not in the default selection of Dump because Open
@@ -494,7 +496,7 @@ func lookAt(dir string) (*look, error) {
 		b, err := readHead(filepath.Join(dir, segName(seq), metaName), metaSize+1)
 		l.metas[seq] = metaFile{b, err}
 	}
-	l.cursor = l.plan(cf.pos, cerr)
+	l.cursor = l.plan(cf.pos, cver, cerr)
 	if cerr == nil {
 		l.cursor.Version, l.cursor.High, l.cursor.Low, l.cursor.ExtraBytes = cver, cf.high, cf.low, len(cf.extra)
 	}
@@ -510,7 +512,7 @@ func lookAt(dir string) (*look, error) {
 // cursor; finishFront deletes the earlier front segment that the one the cursor is on
 // replaced. From there the reader's own code (resetReader, nextSeg), run on a Spool that
 // holds only those segments' numbers and counts, says where reading starts in each.
-func (l *look) plan(c Cursor, cerr error) CursorInfo {
+func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 	l.start, l.passed, l.resume = map[uint64]Cursor{}, map[uint64]bool{}, map[uint64]Cursor{}
 	newest := func(sg *seg) bool { return sg.seq == l.segs[len(l.segs)-1] }
 	var segs []*seg
@@ -526,8 +528,12 @@ func (l *look) plan(c Cursor, cerr error) CursorInfo {
 		m, ok := decodeMeta(l.metas[seq].b)
 		if ok && !newest(sg) {
 			sg.meta = m
-			if m.resume.Seg > seq {
-				l.resume[seq] = m.resume
+			if sg.meta.resumeIndex {
+				sg.meta.resume = indexToOffsetIn(l.dir, sg.meta.resume, maxInspectFile)
+				sg.meta.resumeIndex = false
+			}
+			if sg.meta.resume.Seg > seq {
+				l.resume[seq] = sg.meta.resume
 			}
 		} else {
 			sg.meta.replaces = m.replaces
@@ -535,17 +541,10 @@ func (l *look) plan(c Cursor, cerr error) CursorInfo {
 		}
 		segs = append(segs, sg)
 	}
-	records := func(sg *seg) uint64 {
-		if scan[sg] {
-			sg.meta.records = l.scanRecords(sg.seq, newest(sg))
-			scan[sg] = false
-		}
-		return sg.meta.records
-	}
 
 	var first Cursor
 	if len(segs) > 0 {
-		first = Cursor{Seg: segs[0].seq, Index: 1}
+		first = Cursor{Seg: segs[0].seq}
 	}
 	ci := CursorInfo{State: "ok"}
 	switch {
@@ -557,9 +556,8 @@ func (l *look) plan(c Cursor, cerr error) CursorInfo {
 		ci.State = "past-end"
 		ci.Error = fmt.Sprintf("cursor points to segment %020d past the last one; Open reads from the first segment", c.Seg)
 		c = first
-	}
-	if c.Index == 0 {
-		c.Index = 1
+	case cver < 3:
+		c = indexToOffsetIn(l.dir, c, maxInspectFile) // an entry index, as Open translates it
 	}
 	ci.Seq, ci.Index, ci.Offset = c.Seg, c.Index, c.Offset
 	if c.Seg != 0 {
@@ -569,11 +567,11 @@ func (l *look) plan(c Cursor, cerr error) CursorInfo {
 	// collect, at Open: every segment is sealed and none is read yet.
 	for len(segs) > 0 {
 		sg := segs[0]
-		if sg.seq > c.Seg || sg.seq == c.Seg && c.Index <= records(sg) {
+		if sg.seq > c.Seg || sg.seq == c.Seg && !l.pastEnd(sg, c, scan[sg] || c.Index > 0 || c.Offset > 0, newest(sg)) {
 			break
 		}
 		if sg.seq == c.Seg {
-			c = Cursor{Seg: sg.seq + 1, Index: 1}
+			c = Cursor{Seg: sg.seq + 1}
 			if r := sg.meta.resume; r.Seg > sg.seq {
 				c = r
 			}
@@ -602,24 +600,42 @@ func (l *look) plan(c Cursor, cerr error) CursorInfo {
 	s := &Spool{dir: l.dir, segs: segs, acked: c}
 	s.resetReader()
 	for s.rseg != nil {
-		l.start[s.rseg.seq] = Cursor{Seg: s.rseg.seq, Index: s.rnext, Offset: s.rskip}
+		l.start[s.rseg.seq] = Cursor{Seg: s.rseg.seq, Index: s.rfrom, Offset: s.rskip}
 		s.nextSeg(s.rseg.seq)
 	}
 	return ci
 }
 
-// scanRecords counts a segment's entries as loadSeg does when it scans the segment: whole
-// and damaged ones, less a torn tail of the newest segment, which Open cuts off.
-func (l *look) scanRecords(seq uint64, newest bool) uint64 {
-	buf, err := readSegFile(filepath.Join(l.dir, segName(seq), walFile), maxInspectFile)
+// pastEnd reports whether Open's collect finds cursor c past the last record of sg, the
+// cursor's segment (see Spool.pastEnd): where Open scanned the segment (scanned), at or
+// past one after its last valid record, with no whole entries missing against its meta.
+func (l *look) pastEnd(sg *seg, c Cursor, scanned, newest bool) bool {
+	if !scanned {
+		return false
+	}
+	buf, err := readSegFile(filepath.Join(l.dir, segName(sg.seq), walFile), maxInspectFile)
 	if err != nil {
-		return 0
+		return false
 	}
 	ents, bad, good := scanFile(buf)
+	found := uint64(len(ents) + len(bad))
 	if newest && tornTail(buf, bad, good) {
-		return uint64(len(ents))
+		found-- // cut off by Open
 	}
-	return uint64(len(ents) + len(bad))
+	if m, ok := decodeMeta(l.metas[sg.seq].b); ok && found < m.records {
+		return false // entries missing: the reader reads it
+	}
+	if newest && tornTail(buf, bad, good) {
+		bad = nil
+	}
+	end := uint64(0)
+	if n := len(ents); n > 0 {
+		end = uint64(ents[n-1].offset) + 1
+	}
+	if n := len(bad); n > 0 {
+		end = max(end, uint64(bad[n-1].offset)+1)
+	}
+	return c.Index >= end
 }
 
 // otherFile classifies a name in the spool directory that is not part of the live spool.

@@ -338,8 +338,8 @@ func TestInspectClean(t *testing.T) {
 	if r.RawBytes <= 0 || r.RecordBytes <= 0 || r.FileBytes <= r.RecordBytes || r.Ratio != float64(r.RawBytes)/float64(r.RecordBytes) {
 		t.Errorf("bytes: raw %d record %d file %d ratio %v", r.RawBytes, r.RecordBytes, r.FileBytes, r.Ratio)
 	}
-	want := CursorInfo{State: "ok", Seq: segNumOf(t, f.segs[0].name), Segment: f.segs[0].name, Index: 3, Offset: 1,
-		Version: 2, High: segNumOf(t, f.segs[len(f.segs)-1].name), Low: segNumOf(t, f.segs[0].name)}
+	want := CursorInfo{State: "ok", Seq: segNumOf(t, f.segs[0].name), Segment: f.segs[0].name, Index: uint64(f.segs[0].offsets[2]), Offset: 1,
+		Version: 3, High: segNumOf(t, f.segs[len(f.segs)-1].name), Low: segNumOf(t, f.segs[0].name)}
 	if r.Cursor != want {
 		t.Errorf("cursor %+v, want %+v", r.Cursor, want)
 	}
@@ -992,7 +992,7 @@ func TestInspectFrontResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resume := Cursor{Seg: segNumOf(t, segs[1].name), Index: 2, Offset: 1}
+	resume := Cursor{Seg: segNumOf(t, segs[1].name), Index: uint64(segs[1].offsets[1]), Offset: 1} // entry 2
 	for {
 		r, err := s.Next()
 		if err != nil {
@@ -1018,11 +1018,11 @@ func TestInspectFrontResume(t *testing.T) {
 	r := inspAgree(t, dir, want)
 	// Numbered below every segment ever created: the first one, consumed and deleted.
 	front := fmt.Sprintf("%020d", segNumOf(t, segs[0].name)-1)
-	if r.Cursor.Segment != front || r.Cursor.Index != 1 || r.Cursor.Offset != 0 {
-		t.Errorf("cursor %+v, want entry 1 of the front segment %s", r.Cursor, front)
+	if r.Cursor.Segment != front || r.Cursor.Index != 0 || r.Cursor.Offset != 0 {
+		t.Errorf("cursor %+v, want offset 0 of the front segment %s", r.Cursor, front)
 	}
 	fs := inspSegment(t, r, front)
-	if want := (Position{Seq: resume.Seg, Segment: segs[1].name, Index: 2, Offset: 1}); fs.Resume == nil || *fs.Resume != want || fs.Undelivered != 2 {
+	if want := (Position{Seq: resume.Seg, Segment: segs[1].name, Index: resume.Index, Offset: 1}); fs.Resume == nil || *fs.Resume != want || fs.Undelivered != 2 {
 		t.Errorf("front segment %+v (resume %+v), want resume %+v and 2 undelivered", fs, fs.Resume, want)
 	}
 	if rs := inspSegment(t, r, segs[1].name); rs.Resume != nil || rs.Undelivered != rs.Messages-4 {
@@ -1042,15 +1042,15 @@ func TestInspectFrontResume(t *testing.T) {
 	// Partway through the front segment, the resume cursor still applies.
 	inspConsume(t, dir, 1)
 	r = inspAgree(t, dir, want[1:])
-	if r.Cursor.Segment != front || r.Cursor.Index != 1 || r.Cursor.Offset != 1 {
-		t.Errorf("cursor %+v, want entry 1 message 1 of the front segment", r.Cursor)
+	if r.Cursor.Segment != front || r.Cursor.Index != 0 || r.Cursor.Offset != 1 {
+		t.Errorf("cursor %+v, want offset 0 message 1 of the front segment", r.Cursor)
 	}
 	// Every message of it delivered, but the reader has not left it: the cursor stays in
 	// it, and reading goes on at the resume cursor.
 	inspConsume(t, dir, 1)
 	r = inspAgree(t, dir, want[2:])
-	if r.Cursor.Segment != front || r.Cursor.Index != 1 || r.Cursor.Offset != 2 {
-		t.Errorf("cursor %+v, want entry 1 message 2 of the front segment", r.Cursor)
+	if r.Cursor.Segment != front || r.Cursor.Index != 0 || r.Cursor.Offset != 2 {
+		t.Errorf("cursor %+v, want offset 0 message 2 of the front segment", r.Cursor)
 	}
 	// One message past it: the one at the resume cursor. The front segment is gone.
 	inspConsume(t, dir, 1)
@@ -1067,7 +1067,7 @@ func TestInspectFrontResume(t *testing.T) {
 // carried-over resume cursor.
 func TestInspectInterruptedFront(t *testing.T) {
 	f := newInspFixture(t)
-	resume := Cursor{Seg: segNumOf(t, f.segs[0].name), Index: 3, Offset: 1}
+	resume := Cursor{Seg: segNumOf(t, f.segs[0].name), Index: uint64(f.segs[0].offsets[2]), Offset: 1} // entry 3
 
 	// A first shutdown puts two records in front; one message of them is delivered next.
 	s, err := Open(f.dir, inspOpts)
@@ -1086,8 +1086,8 @@ func TestInspectInterruptedFront(t *testing.T) {
 	inspConsume(t, f.dir, 1)
 	first := fmt.Sprintf("%020d", resume.Seg-1)
 	r := inspAgree(t, f.dir, slices.Concat([]string{"front-2", "front-3"}, f.undelivered))
-	if r.Cursor.Segment != first || r.Cursor.Index != 1 || r.Cursor.Offset != 1 {
-		t.Fatalf("cursor %+v, want entry 1 message 1 of the front segment %s", r.Cursor, first)
+	if r.Cursor.Segment != first || r.Cursor.Index != 0 || r.Cursor.Offset != 1 {
+		t.Fatalf("cursor %+v, want offset 0 message 1 of the front segment %s", r.Cursor, first)
 	}
 
 	// A second shutdown, with the cursor inside the first front segment, puts a record in
@@ -1123,8 +1123,8 @@ func TestInspectInterruptedFront(t *testing.T) {
 	if r.Undelivered != int64(len(want)) || len(r.Problems()) != 0 || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], "replaced") {
 		t.Errorf("Undelivered %d (want %d), problems %v, notes %q", r.Undelivered, len(want), r.Problems(), r.Notes)
 	}
-	if r.Cursor.Segment != second || r.Cursor.Index != 1 || r.Cursor.Offset != 0 {
-		t.Errorf("cursor %+v, want entry 1 of the new front segment %s", r.Cursor, second)
+	if r.Cursor.Segment != second || r.Cursor.Index != 0 || r.Cursor.Offset != 0 {
+		t.Errorf("cursor %+v, want offset 0 of the new front segment %s", r.Cursor, second)
 	}
 	wantResume := Position{Seq: resume.Seg, Segment: f.segs[0].name, Index: resume.Index, Offset: resume.Offset}
 	if sg := inspSegment(t, r, second); sg.Resume == nil || *sg.Resume != wantResume || sg.Undelivered != 4 {

@@ -6,37 +6,36 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sort"
 
 	"github.com/pelichan/pelichan/segment"
 )
 
 // Next returns the next unread record, skipping damaged ones (reported through
-// OnCorrupt). It returns io.EOF when every record written so far has been read.
+// OnCorrupt). It returns io.EOF when every record written so far has been read. The
+// record's Pos names it by its segment and byte offset; Pos.Offset messages of it were
+// delivered already.
 func (s *Spool) Next() (Record, error) {
 	if s.closed {
 		return Record{}, ErrClosed
 	}
 	for s.rseg != nil {
 		sg := s.rseg
-		skip := s.rskip
 		if !sg.sealed {
-			if s.rnext > sg.meta.records {
+			i := s.activeEntry()
+			if i == 0 {
 				return Record{}, io.EOF
 			}
-			data, err := s.wlog.Read(s.rnext)
+			off := sg.offs[i-1]
+			data, err := s.wlog.Read(i)
 			if err != nil {
-				return Record{}, fmt.Errorf("spool: read segment %s entry %d: %w", sg.name(), s.rnext, err)
+				return Record{}, fmt.Errorf("spool: read segment %s entry %d (offset %d): %w", sg.name(), i, off, err)
 			}
 			h, err := segment.ParseHeader(data)
 			if err != nil {
-				return Record{}, fmt.Errorf("spool: read segment %s entry %d: %w", sg.name(), s.rnext, err)
+				return Record{}, fmt.Errorf("spool: read segment %s entry %d (offset %d): %w", sg.name(), i, off, err)
 			}
-			r := Record{Pos: Cursor{Seg: sg.seq, Index: s.rnext, Offset: skip}, Data: data, Header: h}
-			s.unack = append(s.unack, readRec{sg: sg, index: s.rnext, count: uint32(h.Count), skip: skip})
-			s.rnext++
-			s.rskip = 0
-			s.st.BytesRead += int64(len(data))
-			return r, nil
+			return s.deliver(sg, off, data, h), nil
 		}
 		if s.rents == nil {
 			if !s.ensureMeta(sg) {
@@ -48,24 +47,14 @@ func (s *Spool) Next() (Record, error) {
 				s.nextSeg(sg.seq)
 				continue
 			}
-			skip = s.rskip // loadReader may move the start back
 		}
 		for s.rpos < len(s.rents) {
 			e := s.rents[s.rpos]
 			s.rpos++
-			if e.index < s.rnext {
+			if uint64(e.offset) < s.rfrom {
 				continue
 			}
-			if e.index != s.rnext {
-				// The cursor's own entry is damaged: its message offset says nothing about
-				// the next entry, which is delivered whole.
-				skip = 0
-			}
-			s.rnext = e.index + 1
-			s.rskip = 0
-			s.unack = append(s.unack, readRec{sg: sg, index: e.index, count: uint32(e.hdr.Count), skip: skip})
-			s.st.BytesRead += int64(len(e.data))
-			return Record{Pos: Cursor{Seg: sg.seq, Index: e.index, Offset: skip}, Data: e.data, Header: e.hdr}, nil
+			return s.deliver(sg, uint64(e.offset), e.data, e.hdr), nil
 		}
 		sg.readDone = true
 		s.nextSeg(sg.seq)
@@ -74,6 +63,32 @@ func (s *Spool) Next() (Record, error) {
 		}
 	}
 	return Record{}, io.EOF
+}
+
+// deliver returns the record at offset off of sg, the next one from the reader's
+// position, and moves the position past it. The message offset applies only to the
+// record at the position itself: if that one is damaged, the next is delivered whole.
+func (s *Spool) deliver(sg *seg, off uint64, data []byte, h segment.Header) Record {
+	var skip uint32
+	if off == s.rfrom {
+		skip = s.rskip
+	}
+	s.rfrom, s.rskip = off+1, 0
+	s.unack = append(s.unack, readRec{sg: sg, off: off, count: uint32(h.Count), skip: skip})
+	s.st.BytesRead += int64(len(data))
+	return Record{Pos: Cursor{Seg: sg.seq, Index: off, Offset: skip}, Data: data, Header: h}
+}
+
+// activeEntry returns the entry index (1-based, as the active segment's wal.Log numbers
+// them) of the first record of the active segment at or after the reader's position, 0 if
+// there is none.
+func (s *Spool) activeEntry() uint64 {
+	offs := s.rseg.offs
+	i := sort.Search(len(offs), func(i int) bool { return offs[i] >= s.rfrom })
+	if i == len(offs) {
+		return 0
+	}
+	return uint64(i + 1)
 }
 
 // loadReader reads a sealed segment's file and scans it, reporting damage once.
@@ -91,28 +106,9 @@ func (s *Spool) loadReader(sg *seg) error {
 		s.report(&CorruptionError{Segment: sg.name(), Index: found + 1, Offset: int64(len(buf)),
 			Err: fmt.Errorf("%w: %d of the %d entries recorded at sealing are missing", ErrCorrupt, sg.meta.records-found, sg.meta.records)})
 	}
-	// A damaged stretch in front of the cursor that swallowed several entries (a page of
-	// zeros over a record boundary, say) is counted as one, which shifts the indexes after
-	// it: the entry found at the cursor's index is then a later one, and reading from there
-	// would skip records behind the cursor. Unless each stretch in front of the cursor is
-	// exactly one framed entry (a record with a bad CRC whose length prefix is intact), and
-	// the count recorded at sealing (if any) finds no entry missing, resume right after the
-	// first stretch, from its first message: duplicates, never loss.
-	if len(bad) > 0 && bad[0].index < s.rnext {
-		missing := max(sg.meta.records, sg.sealedCount) > found
-		for _, d := range bad {
-			if d.index >= s.rnext {
-				break
-			}
-			if missing || !oneEntry(buf, d) {
-				s.rnext, s.rskip = d.index+1, 0
-				break
-			}
-		}
-	}
 	for _, d := range bad {
-		if d.index < s.rnext {
-			continue // reported before the position we resumed at
+		if uint64(d.offset+d.length) <= s.rfrom {
+			continue // wholly before where reading starts: reported when it was read
 		}
 		sg.damaged = true
 		s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
@@ -121,8 +117,63 @@ func (s *Spool) loadReader(sg *seg) error {
 	if ents == nil {
 		s.rents = []entry{}
 	}
-	sg.meta.records = uint64(len(ents) + len(bad))
+	sg.setEnd(ents, bad)
+	sg.meta.records = found
 	return nil
+}
+
+// setEnd records where sg's last entry is, from a scan of its file that found the valid
+// records ents and the damaged stretches bad. A damaged stretch counts: a cursor in front
+// of it leaves the segment to the reader, which reports the damage (one in the cursor's
+// own record, say) before the segment goes.
+func (sg *seg) setEnd(ents []entry, bad []damage) {
+	sg.end, sg.endKnown = 0, true
+	sg.short = sg.short || uint64(len(ents)+len(bad)) < sg.meta.records
+	if n := len(ents); n > 0 {
+		sg.end = uint64(ents[n-1].offset) + 1
+	}
+	if n := len(bad); n > 0 {
+		sg.end = max(sg.end, uint64(bad[n-1].offset)+1)
+	}
+}
+
+// indexToOffset translates a position of an older format (cursor file version 1 or 2, a
+// front segment's resume cursor in meta version 1), which names a record by its 1-based
+// entry index in the segment as scanFile counts entries (a damaged stretch counting as
+// one), into the record's byte offset, by scanning the segment file buf. sealed is the
+// entry count the segment's meta recorded (0 if none).
+//
+// The older format resumed reading right after the first damaged stretch in front of the
+// position, without the message offset, when a stretch there was not exactly one framed
+// entry or entries were missing against the sealed count (damage that may have shifted
+// the indexes): the translation keeps that rule, so such a position becomes the offset
+// of that stretch (duplicates, never loss). An index past the last entry becomes the
+// offset past the end of the file.
+func indexToOffset(buf []byte, c Cursor, sealed uint64) Cursor {
+	if c.Index == 0 {
+		return c // the start of the segment (a version 1 file could hold 0 for 1)
+	}
+	ents, bad, _ := scanFile(buf)
+	missing := sealed > uint64(len(ents)+len(bad))
+	for _, d := range bad {
+		if d.index >= c.Index {
+			break
+		}
+		if missing || !oneEntry(buf, d) {
+			return Cursor{Seg: c.Seg, Index: uint64(d.offset)}
+		}
+	}
+	for _, e := range ents {
+		if e.index == c.Index {
+			return Cursor{Seg: c.Seg, Index: uint64(e.offset), Offset: c.Offset}
+		}
+	}
+	for _, d := range bad {
+		if d.index == c.Index {
+			return Cursor{Seg: c.Seg, Index: uint64(d.offset), Offset: c.Offset}
+		}
+	}
+	return Cursor{Seg: c.Seg, Index: uint64(len(buf))}
 }
 
 // oneEntry reports whether the damaged stretch d of buf is exactly one framed entry whose
@@ -144,12 +195,12 @@ func (s *Spool) nextSeg(seq uint64) {
 			resume = sg.meta.resume
 		}
 	}
-	s.rseg, s.rents, s.rbuf, s.rpos, s.rnext, s.rskip = nil, nil, nil, 0, 1, 0
+	s.rseg, s.rents, s.rbuf, s.rpos, s.rfrom, s.rskip = nil, nil, nil, 0, 0, 0
 	for _, sg := range s.segs {
 		if sg.seq > seq {
 			s.rseg = sg
 			if sg.seq == resume.Seg {
-				s.rnext, s.rskip = max(resume.Index, 1), resume.Offset
+				s.rfrom, s.rskip = resume.Index, resume.Offset
 			}
 			return
 		}
@@ -164,6 +215,6 @@ func (s *Spool) resetReader() {
 		s.nextSeg(s.rseg.seq)
 	}
 	if s.rseg != nil && s.rseg.seq == s.acked.Seg {
-		s.rnext, s.rskip = s.acked.Index, s.acked.Offset
+		s.rfrom, s.rskip = s.acked.Index, s.acked.Offset
 	}
 }

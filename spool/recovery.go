@@ -61,7 +61,7 @@ func (s *Spool) load() error {
 		if cf.low != 0 {
 			s.useSeq(cf.low)
 		}
-		if version >= 2 {
+		if version >= cursorVersion {
 			s.saved = savedCursor{ok: true, pos: cf.pos, high: cf.high, low: cf.low}
 		}
 	}
@@ -73,33 +73,42 @@ func (s *Spool) load() error {
 		}
 		c = Cursor{}
 		if len(s.segs) > 0 {
-			c = Cursor{Seg: s.segs[0].seq, Index: 1}
+			c = Cursor{Seg: s.segs[0].seq}
 		}
 	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq:
 		s.report(fmt.Errorf("%w: spool: cursor points to segment %020d past the last one; reading from the first segment", ErrCorrupt, c.Seg))
-		c = Cursor{Seg: s.segs[0].seq, Index: 1}
-	}
-	if c.Index == 0 {
-		c.Index = 1
+		c = Cursor{Seg: s.segs[0].seq}
+	case version < 3:
+		// An entry index: the record's offset from a scan of its segment.
+		c = s.indexToOffset(c)
 	}
 	s.acked = c
 	// Load what reading needs now: the segment the cursor is in (or the first after it), the
 	// one a front segment resumes in, and the newest (its tail may need repair). The counts
 	// of the others are read in the background (see pump), so that Open costs the same
 	// whatever the backlog. Segments before the cursor are consumed and need no counts.
-	first, resume := true, uint64(0)
+	// The messages delivered before the cursor in its segment, and before a front segment's
+	// resume cursor in the segment it resumes in, are counted (countBacklog); that scan
+	// also finds where the segment's last record is, for collect.
+	first, resume := true, Cursor{}
 	for i := 0; i < len(s.segs); i++ {
 		sg := s.segs[i]
 		newest := i == len(s.segs)-1
 		if sg.seq < c.Seg {
 			continue
 		}
-		if !(newest || first || sg.seq == resume) {
+		if !(newest || first || sg.seq == resume.Seg) {
 			sg.lazy = true
 			s.st.Counting++
 			continue
 		}
-		if err := s.loadSeg(sg, newest); err != nil {
+		err := s.loadSeg(sg, newest)
+		if err == nil && sg.seq == c.Seg {
+			err = s.deliveredBefore(sg, c)
+		} else if err == nil && sg.seq == resume.Seg {
+			err = s.deliveredBefore(sg, resume)
+		}
+		if err != nil {
 			s.setAside(sg, err)
 			s.segs = slices.Delete(s.segs, i, i+1)
 			i--
@@ -108,8 +117,10 @@ func (s *Spool) load() error {
 		s.st.DiskBytes += sg.size
 		if first {
 			first = false
-			if r := sg.meta.resume; r.Seg > sg.seq {
-				resume = r.Seg
+			if r := sg.meta.resume; r.Seg > sg.seq && sg.seq == c.Seg {
+				resume = r
+			} else if r.Seg > sg.seq {
+				resume = Cursor{Seg: r.Seg} // loaded, nothing counted
 			}
 		}
 	}
@@ -183,6 +194,7 @@ func (s *Spool) pump() {
 			r.sg.lazy = false
 			s.st.Counting--
 			r.sg.meta, r.sg.size = r.meta, r.size
+			s.fixResume(r.sg)
 			s.st.DiskBytes += r.size
 			s.st.Undelivered += int64(r.meta.messages)
 			s.st.Late += int64(r.meta.messages)
@@ -322,11 +334,9 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 	if b, err := readHead(s.path(sg.name(), metaName), metaSize+1); err == nil {
 		sealed, haveMeta = decodeMeta(b)
 	}
-	if haveMeta {
-		sg.sealedCount = sealed.records
-	}
 	if haveMeta && !newest {
 		sg.meta = sealed
+		s.fixResume(sg)
 		return nil
 	}
 	buf, err := readSegFile(file, s.opts.maxSegmentFile())
@@ -338,6 +348,7 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 	for _, e := range ents {
 		sg.meta.add(e.hdr)
 	}
+	sg.setEnd(ents, bad)
 	sg.meta.records = uint64(len(ents) + len(bad))
 	if len(bad) > 0 {
 		sg.damaged = true
@@ -355,6 +366,7 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 			return nil
 		}
 		sg.damaged = false
+		sg.setEnd(ents, nil)
 	} else {
 		for _, d := range bad {
 			s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
@@ -364,7 +376,7 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 	if haveMeta && sg.meta.records < sealed.records {
 		// Sealed segments were fsynced before their meta was written: no crash takes
 		// whole records off them.
-		sg.damaged = true
+		sg.damaged, sg.short = true, true
 		s.report(&CorruptionError{Segment: sg.name(), Index: sg.meta.records + 1, Offset: sg.size,
 			Err: fmt.Errorf("%w: %d of the %d entries recorded at sealing are missing", ErrCorrupt, sealed.records-sg.meta.records, sealed.records)})
 	}
@@ -428,50 +440,68 @@ func (s *Spool) setAside(sg *seg, cause error) {
 	s.report(&CorruptionError{Segment: sg.name(), Err: fmt.Errorf("%w: segment set aside as %s: %w", ErrCorrupt, filepath.Base(to), cause)})
 }
 
-// countBacklog sets Undelivered at open from the segments' counts. It reads the cursor's
-// segment to count the records before the cursor.
+// countBacklog sets Undelivered at open from the segments' counts, less the messages
+// counted delivered before the cursor (see deliveredBefore, called by load).
 func (s *Spool) countBacklog() error {
 	var n int64
 	for _, sg := range s.segs {
-		n += int64(sg.meta.messages)
+		n += int64(sg.meta.messages) - int64(sg.delivered)
 	}
 	s.st.Undelivered = n
-	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg {
-		return nil
-	}
-	if err := s.deliveredBefore(s.segs[0], s.acked); err != nil {
-		return err
-	}
-	// Reading a front segment: the segment it resumes in was delivered up to its resume cursor.
-	if r := s.segs[0].meta.resume; r.Seg > s.segs[0].seq {
-		for _, sg := range s.segs[1:] {
-			if sg.seq == r.Seg {
-				return s.deliveredBefore(sg, r)
-			}
-		}
-	}
 	return nil
 }
 
-// deliveredBefore counts the messages of sg before cursor c as delivered.
+// deliveredBefore counts the messages of sg before cursor c as delivered, and records
+// where sg's last valid record is.
 func (s *Spool) deliveredBefore(sg *seg, c Cursor) error {
-	if c.Index <= 1 && c.Offset == 0 {
+	if c.Index == 0 && c.Offset == 0 {
 		return nil
 	}
 	buf, err := readSegFile(s.path(sg.name(), walFile), s.opts.maxSegmentFile())
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
-	ents, _, _ := scanFile(buf)
+	ents, bad, _ := scanFile(buf)
 	for _, e := range ents {
-		var d uint64
-		if e.index < c.Index {
-			d = uint64(e.hdr.Count)
-		} else if e.index == c.Index {
-			d = uint64(min(int(c.Offset), e.hdr.Count))
+		switch off := uint64(e.offset); {
+		case off < c.Index:
+			sg.delivered += uint64(e.hdr.Count)
+		case off == c.Index:
+			sg.delivered += uint64(min(int(c.Offset), e.hdr.Count))
 		}
-		sg.delivered += d
-		s.st.Undelivered -= int64(d)
 	}
+	sg.setEnd(ents, bad)
 	return nil
+}
+
+// indexToOffset translates c, a position of an older format naming a record by its entry
+// index (cursor file version 1 or 2, meta version 1), by scanning its segment. A
+// segment that cannot be read gives its start (it is set aside when loaded).
+func (s *Spool) indexToOffset(c Cursor) Cursor {
+	return indexToOffsetIn(s.dir, c, s.opts.maxSegmentFile())
+}
+
+// indexToOffsetIn is indexToOffset for the spool in dir, reading segment files of at
+// most limit bytes.
+func indexToOffsetIn(dir string, c Cursor, limit int64) Cursor {
+	segDir := filepath.Join(dir, segName(c.Seg))
+	buf, err := readSegFile(filepath.Join(segDir, walFile), limit)
+	if err != nil {
+		return Cursor{Seg: c.Seg}
+	}
+	var sealed uint64
+	if b, err := readHead(filepath.Join(segDir, metaName), metaSize+1); err == nil {
+		if m, ok := decodeMeta(b); ok {
+			sealed = m.records
+		}
+	}
+	return indexToOffset(buf, c, sealed)
+}
+
+// fixResume translates the resume cursor of a meta file of version 1 (an entry index).
+func (s *Spool) fixResume(sg *seg) {
+	if sg.meta.resumeIndex {
+		sg.meta.resume = s.indexToOffset(sg.meta.resume)
+		sg.meta.resumeIndex = false
+	}
 }

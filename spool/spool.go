@@ -67,10 +67,16 @@ type seg struct {
 	size    int64   // bytes of the WAL file
 	sealed  bool
 	damaged bool // damage was found: set aside as .bad, not deleted, when consumed
-	// sealedCount is the number of entries recorded in the segment's meta at sealing, 0 when
-	// it has no valid meta (a crash before sealing): the only way to tell how many entries
-	// a damaged stretch swallowed.
-	sealedCount uint64
+	// end is one past the offset of the segment's last valid record (0 if it has none),
+	// when endKnown: from writing it, or from scanning it. No record starts at or after end.
+	// short: the scan found fewer entries than the segment's meta recorded at sealing
+	// (whole entries lost): then only the reader decides when it is consumed.
+	end      uint64
+	endKnown bool
+	short    bool
+	// offs holds the offset of each entry of the active segment, by entry index - 1: the
+	// reader reads the active segment through its wal.Log, by entry index.
+	offs []uint64
 	// delivered counts this segment's messages acknowledged so far (from its meta count).
 	delivered uint64
 	readDone  bool          // the reader read the whole (sealed) segment
@@ -82,7 +88,7 @@ type seg struct {
 // readRec is a record returned by Next and not yet acknowledged.
 type readRec struct {
 	sg    *seg
-	index uint64
+	off   uint64 // the record's offset (Cursor.Index)
 	count uint32
 	skip  uint32 // messages counted as delivered already
 }
@@ -91,7 +97,7 @@ func (sg *seg) name() string { return fmt.Sprintf("%020d", sg.seq) }
 
 // Record is one record returned by Next.
 type Record struct {
-	Pos  Cursor // Pos.Offset: messages of this record already delivered; skip them
+	Pos  Cursor // Pos.Index: the record's byte offset; Pos.Offset: messages of it already delivered; skip them
 	Data []byte // valid until the next call on the Spool
 	segment.Header
 }
@@ -126,8 +132,8 @@ type Spool struct {
 	acked Cursor // every message before it has been delivered
 	// reader
 	rseg  *seg
-	rnext uint64  // next entry index to read in rseg
-	rskip uint32  // messages to skip in the first record read
+	rfrom uint64  // the reader reads the records of rseg at offsets from rfrom on
+	rskip uint32  // messages to skip of the record at offset rfrom, if one starts there
 	rents []entry // entries of rseg when it is sealed
 	rpos  int     // next element of rents
 	rbuf  []byte
@@ -243,7 +249,7 @@ func (s *Spool) Empty() bool {
 	if s.rseg == nil {
 		return true
 	}
-	if !s.rseg.sealed && s.rnext > s.rseg.meta.records {
+	if !s.rseg.sealed && s.activeEntry() == 0 {
 		return true
 	}
 	return false

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -885,10 +886,13 @@ func TestCursorEncoding(t *testing.T) {
 		{pos: Cursor{Seg: ^uint64(0), Index: ^uint64(0), Offset: ^uint32(0)}, high: ^uint64(0), low: 1},
 		{pos: Cursor{Seg: 7, Index: 2, Offset: 3}, high: 9, low: 5, extra: []byte("acked out of order")},
 	} {
-		for _, v := range []int{1, 2} {
+		for _, v := range []int{1, 2, 3} {
 			b, want := encodeCursor(cf), cf
-			if v == 1 {
+			switch v {
+			case 1:
 				b, want = encodeCursorV1(cf.pos), cursorFile{pos: cf.pos}
+			case 2:
+				b = encodeCursorV2(cf)
 			}
 			got, gotv, err := decodeCursor(b)
 			if err != nil || gotv != v || !reflect.DeepEqual(got, want) {
@@ -910,8 +914,16 @@ func TestCursorEncoding(t *testing.T) {
 	}
 	m := segMeta{records: 3, messages: 9, raw: 100, first: -5, last: 7}
 	b := encodeMeta(m)
-	if got, ok := decodeMeta(b); !ok || got != m {
-		t.Errorf("meta round trip: %+v %v", got, ok)
+	if got, ok := decodeMeta(b); !ok || got != m || b[4] != 2 {
+		t.Errorf("meta round trip: %+v %v (version %d)", got, ok, b[4])
+	}
+	// A front segment's meta of version 1: its resume cursor is an entry index.
+	m1 := segMeta{records: 1, resume: Cursor{Seg: 9, Index: 2, Offset: 1}}
+	b1 := encodeMeta(m1)
+	b1[4] = 1
+	binary.LittleEndian.PutUint32(b1[76:], crc32.Checksum(b1[:76], castagnoli))
+	if got, ok := decodeMeta(b1); !ok || got.resume != m1.resume || !got.resumeIndex {
+		t.Errorf("version 1 meta: %+v %v, want its resume marked as an entry index", got, ok)
 	}
 	binary.LittleEndian.PutUint64(b[8:], 4)
 	if _, ok := decodeMeta(b); ok {

@@ -13,8 +13,8 @@ import (
 )
 
 // Append adds one record (as built by segment.Writer) at the tail and returns its
-// position: Cursor{Seg: its segment, Index: its entry index, Offset: 0}. Positions
-// increase with every Append, and no two records of a spool directory ever get the same
+// position: Cursor{Seg: its segment, Index: the byte offset of its framing in the
+// segment's WAL file, Offset: 0}, as Next returns it. Positions increase with every Append, and no two records of a spool directory ever get the same
 // one (segment numbers are never used twice; see Open). The record is durable once Sync
 // returns (with NoSync false).
 //
@@ -48,7 +48,9 @@ func (s *Spool) Append(rec []byte) (Cursor, error) {
 		return Cursor{}, fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
 	}
 	sg.meta.add(h)
-	pos := Cursor{Seg: sg.seq, Index: sg.meta.records}
+	pos := Cursor{Seg: sg.seq, Index: uint64(sg.size)}
+	sg.offs = append(sg.offs, pos.Index)
+	sg.end, sg.endKnown = pos.Index+1, true
 	s.st.Undelivered += int64(h.Count)
 	n := int64(uvarintLen(uint64(len(rec))) + len(rec))
 	sg.size += n
@@ -100,7 +102,7 @@ func (s *Spool) startSegment() error {
 			seq = sg.meta.replaces + 1
 		}
 	}
-	sg := &seg{seq: seq}
+	sg := &seg{seq: seq, endKnown: true}
 	l, err := wal.Open(s.path(sg.name()), s.walOptions())
 	if err != nil {
 		s.removeSeg(sg.name())
@@ -124,7 +126,7 @@ func (s *Spool) startSegment() error {
 	s.segs = append(s.segs, sg)
 	if s.rseg == nil {
 		// The reader has read every older segment: this one is where it goes on.
-		s.rseg, s.rnext, s.rskip = sg, 1, 0
+		s.rseg, s.rfrom, s.rskip = sg, 0, 0
 	}
 	return nil
 }
@@ -160,7 +162,7 @@ func (s *Spool) Sync() error {
 func (s *Spool) seal() error {
 	sg, l := s.active, s.wlog
 	s.wlog, s.active = nil, nil
-	sg.sealed = true
+	sg.sealed, sg.offs = true, nil
 	done, synced := make(chan struct{}), make(chan struct{})
 	sg.sealDone, sg.synced = done, synced
 	s.sealing = slices.DeleteFunc(s.sealing, func(sg *seg) bool {
@@ -207,7 +209,7 @@ func (s *Spool) abandon() {
 	sg := s.active
 	s.wlog.Close()
 	s.wlog, s.active = nil, nil
-	sg.sealed = true
+	sg.sealed, sg.offs = true, nil
 	s.truncateAfterError(sg, nil)
 }
 

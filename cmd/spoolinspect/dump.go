@@ -24,8 +24,9 @@ formats:
   raw     the message bytes as they are (a message holding a newline spans lines)
   hex     the message bytes in hex
   quoted  a Go-quoted string ("..." with escapes), unambiguous for any bytes
-  json    one JSON object per line: segment, index (entry), n (message in the record),
-          time, delivered, and "text" (valid UTF-8) or "base64" (other bytes)`
+  json    one JSON object per line: segment, offset (the record's byte offset in the
+          segment's WAL file, as in message IDs), n (message in the record), time,
+          delivered, and "text" (valid UTF-8) or "base64" (other bytes)`
 
 func runDump(args []string, stdout, stderr io.Writer) int {
 	fset := flag.NewFlagSet("dump", flag.ContinueOnError)
@@ -78,7 +79,7 @@ var dumpFormats = map[string]func(w *bufio.Writer, m spool.Message) error{
 		return w.WriteByte('\n')
 	},
 	"json": func(w *bufio.Writer, m spool.Message) error {
-		v := dumpJSON{Segment: m.Segment, Index: m.Index, N: m.N, Delivered: m.Delivered}
+		v := dumpJSON{Segment: m.Segment, Offset: m.Index, N: m.N, Delivered: m.Delivered}
 		if !m.Time.IsZero() {
 			v.Time = m.Time.UTC().Format(time.RFC3339Nano)
 		}
@@ -100,7 +101,7 @@ var dumpFormats = map[string]func(w *bufio.Writer, m spool.Message) error{
 // dumpJSON is one line of --format json.
 type dumpJSON struct {
 	Segment   string  `json:"segment"`
-	Index     uint64  `json:"index"`
+	Offset    uint64  `json:"offset"` // the record's byte offset in its segment's WAL file
 	N         int     `json:"n"`
 	Time      string  `json:"time,omitempty"`
 	Delivered bool    `json:"delivered"`

@@ -15,6 +15,8 @@ const statAbout = `Shows what the spool holds: format version, whether a process
 cursor and what is still undelivered, totals, one line per segment, damage found by the
 records' CRCs (verify also decompresses), and files set aside by recovery or left over.
 It reads every segment file. Times are record times (when a batch was spilled), in UTC.
+A position is a segment, the byte offset of a record in the segment's WAL file (as in
+message IDs) and how many of the record's messages were delivered.
 Exit status 1 if damage was found.`
 
 func runStat(args []string, stdout, stderr io.Writer) int {
@@ -69,7 +71,7 @@ func printStat(w io.Writer, r *spool.Report, now time.Time) {
 		if s.Resume != nil && s.Seq == c.Seq {
 			// Messages taken back at shutdown (ordered mode): read first, then reading goes
 			// on at the resume cursor.
-			line("then", "segment %s entry %d message %d (the cursor is on a front segment)", s.Resume.Segment, s.Resume.Index, s.Resume.Offset)
+			line("then", "segment %s offset %d message %d (the cursor is on a front segment)", s.Resume.Segment, s.Resume.Index, s.Resume.Offset)
 		}
 	}
 	und := fmt.Sprintf("%s in %s", plural(r.Undelivered, "message"), plural(r.UndeliveredRecords, "record"))
@@ -141,7 +143,7 @@ func cursorText(r *spool.Report) string {
 		// The segments it passed are deleted; the ones stored since come after it.
 		return fmt.Sprintf("every message before segment %s delivered: reading starts at its first message", r.Segments[0].Name)
 	}
-	at := fmt.Sprintf("segment %s entry %d message %d", c.Segment, c.Index, c.Offset)
+	at := fmt.Sprintf("segment %s offset %d message %d", c.Segment, c.Index, c.Offset)
 	if r.Undelivered == 0 && len(r.Problems()) == 0 {
 		at += ": all stored messages delivered"
 	}

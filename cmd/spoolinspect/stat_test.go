@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -110,8 +111,8 @@ func TestStatFront(t *testing.T) {
 		t.Errorf("exit %d, stderr %q", code, stderr)
 	}
 	for _, want := range []string{
-		fmt.Sprintf("cursor       segment %s entry 1 message 0", segs[0]),
-		fmt.Sprintf("then         segment %s entry 2 message 2 (the cursor is on a front segment)", segs[1]),
+		fmt.Sprintf("cursor       segment %s offset 0 message 0", segs[0]),
+		fmt.Sprintf("then         segment %s offset %d message 2 (the cursor is on a front segment)", segs[1], recordOffsets(t, dir, segs[1])[1]),
 		fmt.Sprintf("undelivered  %d messages", len(all)-testConsumed+1),
 		segs[0] + "  front ",
 	} {
@@ -158,7 +159,8 @@ func TestStatCursorLine(t *testing.T) {
 	// Every message delivered, the reader not yet past the last record.
 	consume(t, dir, len(all)-testConsumed)
 	segs := segDirs(t, dir)
-	if got, want := cursorLine(), fmt.Sprintf("segment %s entry 2 message 3: all stored messages delivered", segs[len(segs)-1]); got != want {
+	last := segs[len(segs)-1]
+	if got, want := cursorLine(), fmt.Sprintf("segment %s offset %d message 3: all stored messages delivered", last, recordOffsets(t, dir, last)[1]); got != want {
 		t.Errorf("after delivering everything: %q, want %q", got, want)
 	}
 	// Past it: no segment left.
@@ -212,4 +214,24 @@ func TestStatCursorLine(t *testing.T) {
 		t.Errorf("a new spool: %q, want %q", got, want)
 	}
 	s.Close()
+}
+
+// recordOffsets returns the byte offsets of the records (entries) of segment seg's WAL
+// file, which has no damage.
+func recordOffsets(t *testing.T, dir, seg string) []uint64 {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, seg, "00000000000000000001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offs []uint64
+	for pos := 0; pos < len(b); {
+		n, k := binary.Uvarint(b[pos:])
+		if k <= 0 {
+			t.Fatalf("segment %s: bad framing at %d", seg, pos)
+		}
+		offs = append(offs, uint64(pos))
+		pos += k + int(n)
+	}
+	return offs
 }
