@@ -556,7 +556,7 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 
 // waMemory is how many messages written ahead may wait in memory for the loop; past it,
 // they are read back from the spool when their turn comes.
-const waMemory = 1 << 16
+const waMemory = 1 << 13
 
 // returned takes back an item the loop handed out whole.
 func (c *Chan[T]) returned(d *diskState[T], b *refill[T]) {
