@@ -63,6 +63,17 @@
 // evidence file) numbered above some number is gone too, numbers above the highest left
 // are used again (from 1<<32 on in an empty directory).
 //
+// # Message IDs
+//
+// A stored message is named by its segment number, its record's byte offset in the
+// segment's WAL file (Cursor.Index) and its position in the record. pelichan exposes this
+// as MsgID, with the text form "SEG.OFFSET.MSG" in decimal (for example
+// "4294967297.1536.3"). It never changes while the message is stored (no segment is
+// rewritten, and damage elsewhere does not move a record), and it never repeats within a
+// spool directory's life, because segment numbers are never reused (see Segment numbers).
+// It is not unique across directories: spools shipping into one sink need a prefix of
+// their own.
+//
 // # Segments and deletion
 //
 // Each segment is its own wal.Log, sealed (closed and fsynced) when its file reaches
