@@ -139,6 +139,7 @@ type ctl[T any] struct {
 
 type syncReq struct {
 	after uint64 // every batch up to this number must be stored first
+	stuck int    // deliveries only in memory that cannot be written (the codec refuses them)
 	reply chan error
 }
 
@@ -328,7 +329,9 @@ func (c *Chan[T]) Store(v T) error {
 // Sync returns once every message received from src before the call that is not yet done
 // is written to the spool and fsynced (the pending batch goes out now, not at the linger
 // time), or when ctx ends. A producer that reads from a file into an unbuffered src uses it
-// to checkpoint its input offset.
+// to checkpoint its input offset. If some of those messages cannot be written at all (the
+// codec refuses them; they wait in memory for the consumer), it says so with an error
+// wrapping ErrCodec.
 func (c *Chan[T]) Sync(ctx context.Context) error {
 	return c.call(ctx, request[T]{reply: make(chan error, 1)})
 }
@@ -889,7 +892,13 @@ func (l *loopState[T]) request(r request[T]) {
 	}
 	l.flush()
 	l.shadow()
-	l.syncs = append(l.syncs, &syncReq{after: l.batchNo, reply: r.reply})
+	stuck := 0
+	for s := l.tab.floor + 1; s <= l.tab.sent; s++ {
+		if f := l.tab.at(s); f.st == fMem && f.stuck {
+			stuck++
+		}
+	}
+	l.syncs = append(l.syncs, &syncReq{after: l.batchNo, stuck: stuck, reply: r.reply})
 }
 
 // batchCount is how many messages make a batch of about batchBytes.

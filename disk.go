@@ -578,6 +578,9 @@ func (c *Chan[T]) serveSyncs(d *diskState[T]) {
 		// The answer goes through the loop, behind the IDs of what Sync wrote, so that
 		// Stats count those messages as stored by the time Sync returns.
 		err := c.syncErr(d, true)
+		if n := d.syncs[0].stuck; err == nil && n > 0 {
+			err = fmt.Errorf("pelichan: sync: %d messages waiting for the consumer cannot be written: %w", n, ErrCodec)
+		}
 		d.shadowQ = append(d.shadowQ, &batch[T]{kind: bSynced, reply: d.syncs[0].reply, err: err})
 		d.syncs = d.syncs[1:]
 	}
