@@ -73,7 +73,7 @@ func FuzzRecovery(f *testing.F) {
 	// entry of the segment one lower; the done sets, keyed by (segment, index), then apply
 	// to the wrong records (entries 4, 6 and 7 got those of entries 3, 5 and 6): 24
 	// messages that were never done were never delivered. Fixed: a done set names its
-	// record's CRC too.
+	// record's CRC too (and since cursor file version 3, its byte offset, not its index).
 	f.Add([]byte{8, 2, 0xe2, 0x00, 0x30, 0x01})
 
 	f.Fuzz(func(t *testing.T, ops []byte) {
@@ -89,26 +89,31 @@ func FuzzRecovery(f *testing.F) {
 // fzRec is one record of a segment file, as the Chan wrote it.
 type fzRec struct {
 	seg      uint64
-	index    uint64 // 1-based entry index in its segment
-	off, end int64  // byte range of the framed entry (uvarint length and record)
+	index    uint64 // 1-based entry index in its segment (how cursor files v1 and v2 name it)
+	off, end int64  // byte range of the framed entry (uvarint length and record); off names it in v3
 	crc      uint32 // the record's CRC-32C, header bytes 20..24 (segment package doc)
 	msgs     []string
 }
 
 const fzWAL = "00000000000000000001"
 
-// fzCursor is a read position as the spool's cursor file holds it.
+// fzCursor is a read position as the spool's cursor file holds it: the Offset first
+// messages of the record at Index, and every record before it, are delivered. Index is
+// the byte offset of the record's framing (its uvarint length) in the segment's WAL file
+// if ByOffset (cursor file version 3), else its 1-based entry index (versions 1 and 2).
 type fzCursor struct {
 	Seg, Index uint64
 	Offset     uint32
+	ByOffset   bool
 }
 
 // fzCursorFile mirrors the spool's cursor file (documented in the spool package), read
 // here independently of the spool's decoder. Version 1: "pcur", 1, three zero bytes, seg
-// u64, index u64, offset u32, CRC-32C of bytes 0..28 (32 bytes). Version 2: "pcur", 2,
-// three zero bytes, seg u64, index u64, offset u32, high u64, low u64, n u32, n extra
-// bytes, CRC-32C of every byte before it (52+n bytes). The extra bytes are the Chan's
-// done sets (see fzDecodeDone).
+// u64, index u64 (an entry index), offset u32, CRC-32C of bytes 0..28 (32 bytes).
+// Version 2: "pcur", 2, three zero bytes, seg u64, index u64 (an entry index), offset
+// u32, high u64, low u64, n u32, n extra bytes, CRC-32C of every byte before it (52+n
+// bytes). Version 3 (what the spool writes): the layout of version 2, with index the
+// record's byte offset. The extra bytes are the Chan's done sets (see fzDecodeDone).
 type fzCursorFile struct {
 	pos       fzCursor
 	version   int
@@ -118,8 +123,9 @@ type fzCursorFile struct {
 
 var fzCastagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// fzEncodeCursor writes a version 1 cursor file (still read by the spool): it carries no
-// done sets, so after it every record at or after the cursor is read again whole.
+// fzEncodeCursor writes a version 1 cursor file (still read by the spool, which translates
+// its entry index to an offset at open): it carries no done sets, so after it every record
+// at or after the cursor is read again whole. c.ByOffset is ignored.
 func fzEncodeCursor(c fzCursor) []byte {
 	b := make([]byte, 32)
 	copy(b, "pcur")
@@ -131,7 +137,7 @@ func fzEncodeCursor(c fzCursor) []byte {
 	return b
 }
 
-// fzMaxExtra is the most extra bytes a version 2 cursor file may claim (spool.MaxExtra,
+// fzMaxExtra is the most extra bytes a version 2 or 3 cursor file may claim (spool.MaxExtra,
 // restated: the oracle does not use the spool's code).
 const fzMaxExtra = 64 << 20
 
@@ -140,8 +146,8 @@ func fzDecodeCursor(b []byte) (fzCursorFile, bool) {
 		return fzCursorFile{}, false
 	}
 	pos := func() fzCursor {
-		return fzCursor{binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:]),
-			binary.LittleEndian.Uint32(b[24:])}
+		return fzCursor{Seg: binary.LittleEndian.Uint64(b[8:]), Index: binary.LittleEndian.Uint64(b[16:]),
+			Offset: binary.LittleEndian.Uint32(b[24:]), ByOffset: b[4] == 3}
 	}
 	switch b[4] {
 	case 1:
@@ -149,7 +155,7 @@ func fzDecodeCursor(b []byte) (fzCursorFile, bool) {
 			return fzCursorFile{}, false
 		}
 		return fzCursorFile{pos: pos(), version: 1}, true
-	case 2:
+	case 2, 3:
 		if len(b) < 52 {
 			return fzCursorFile{}, false
 		}
@@ -158,7 +164,7 @@ func fzDecodeCursor(b []byte) (fzCursorFile, bool) {
 			crc32.Checksum(b[:48+n], fzCastagnoli) != binary.LittleEndian.Uint32(b[48+n:]) {
 			return fzCursorFile{}, false
 		}
-		cf := fzCursorFile{pos: pos(), version: 2,
+		cf := fzCursorFile{pos: pos(), version: int(b[4]),
 			high: binary.LittleEndian.Uint64(b[28:]), low: binary.LittleEndian.Uint64(b[36:])}
 		if n > 0 {
 			cf.extra = slices.Clone(b[48 : 48+n])
@@ -184,14 +190,14 @@ const fzDoneVersion = 3
 // the Chan's decoder:
 //
 //	"pd" | version | uvarint records | per record:
-//	    uvarint seg | uvarint index | uvarint count | crc u32 (the record's CRC-32C, little
-//	    endian, as in its header) | uvarint sent (its messages before this index were
-//	    handed out) |
+//	    uvarint seg | uvarint index (the record's byte offset since cursor file version 3) |
+//	    uvarint count | crc u32 (the record's CRC-32C, little endian, as in its header) |
+//	    uvarint sent (its messages before this index were handed out) |
 //	    uvarint runs | per run: uvarint start (from the previous run's end) | uvarint length
 //
-// A record's set applies only to the record with that segment, index, count and CRC
-// (damage in front of a record can change the index the spool gives it). false: not a
-// valid encoding (the Chan then applies none of it).
+// The map is keyed by segment and byte offset. A record's set applies only to the record
+// at that segment and offset with that count and CRC. false: not a valid encoding (the
+// Chan then applies none of it).
 func fzDecodeDone(b []byte) (map[[2]uint64]fzDone, bool) {
 	if len(b) < 3 || string(b[:2]) != "pd" || b[2] != fzDoneVersion {
 		return nil, false
@@ -276,8 +282,8 @@ type fzPristine struct {
 	written map[string]bool // every message the Chan wrote
 	recs    []fzRec         // the records on disk, by segment and index
 	segs    []uint64
-	cursor  fzCursor             // the cursor file's position
-	done    map[[2]uint64]fzDone // the cursor file's done sets (records past the cursor)
+	cursor  fzCursor             // the cursor file's position (version 3: a byte offset)
+	done    map[[2]uint64]fzDone // the cursor file's done sets (records past the cursor), by (seg, offset)
 	format  []byte
 }
 
@@ -329,6 +335,10 @@ func fzBuild(f *testing.F, dir string) *fzPristine {
 	}
 	acked := map[string]bool{}
 	var first MsgID // the first delivery after the fzConsumed
+	// The records' entry indexes in their segments, counted as they are delivered (an ID
+	// names a record by its byte offset); valid past first.Seg, delivered from their start.
+	ordinal := map[MsgID]uint64{}
+	perSeg := map[uint64]uint64{}
 	for i := range fzConsumed + fzAhead {
 		var d Delivery[string]
 		select {
@@ -339,14 +349,19 @@ func fzBuild(f *testing.F, dir string) *fzPristine {
 		if i == fzConsumed {
 			first = d.ID
 		}
+		rec := MsgID{Seg: d.ID.Seg, Index: d.ID.Index}
+		if _, ok := ordinal[rec]; !ok {
+			perSeg[rec.Seg]++
+			ordinal[rec] = perSeg[rec.Seg]
+		}
 		// After the first fzConsumed: nothing more of the cursor's segment (the cursor stays
 		// where it is), then per record index: all, none, or the even messages.
-		switch id := d.ID; {
+		switch id, index := d.ID, ordinal[rec]; {
 		case i < fzConsumed:
 		case id.Seg == first.Seg:
 			continue
-		case id.Index%3 == 2:
-		case id.Index%3 == 0 && id.Msg%2 == 0:
+		case index%3 == 2:
+		case index%3 == 0 && id.Msg%2 == 0:
 		default:
 			continue
 		}
@@ -374,8 +389,8 @@ func fzBuild(f *testing.F, dir string) *fzPristine {
 		f.Fatal(err)
 	}
 	cf, ok := fzDecodeCursor(b)
-	if !ok || cf.version != 2 {
-		f.Fatalf("cursor file %x does not decode as version 2", b)
+	if !ok || cf.version != 3 {
+		f.Fatalf("cursor file %x does not decode as version 3", b)
 	}
 	pr.cursor = cf.pos
 	if pr.done, ok = fzDecodeDone(cf.extra); !ok {
@@ -384,7 +399,7 @@ func fzBuild(f *testing.F, dir string) *fzPristine {
 	if pr.format, err = os.ReadFile(filepath.Join(dir, "FORMAT")); err != nil {
 		f.Fatal(err)
 	}
-	if len(pr.segs) < 4 || pr.cursor.Seg == pr.segs[0] && pr.cursor.Index <= 1 {
+	if len(pr.segs) < 4 || pr.cursor.Seg == pr.segs[0] && pr.cursor.Index == 0 {
 		f.Fatalf("pristine spool too simple: segments %v, cursor %+v", pr.segs, pr.cursor)
 	}
 	// Every message not yet delivered is owed exactly once, and nothing else: the oracle
@@ -410,10 +425,11 @@ func fzBuild(f *testing.F, dir string) *fzPristine {
 	// records that are not: damage in front of them must not make the done set of one
 	// apply to another.
 	interesting := false
-	for _, r := range pr.recs {
-		d, ok := pr.done[[2]uint64{r.seg, r.index}]
-		if ok && !slices.Contains(d.done, false) && r.seg > pr.cursor.Seg {
-			next, ok := pr.done[[2]uint64{r.seg, r.index + 1}]
+	for i, r := range pr.recs {
+		d, ok := pr.done[[2]uint64{r.seg, uint64(r.off)}]
+		if ok && !slices.Contains(d.done, false) && r.seg > pr.cursor.Seg &&
+			i+1 < len(pr.recs) && pr.recs[i+1].seg == r.seg {
+			next, ok := pr.done[[2]uint64{r.seg, uint64(pr.recs[i+1].off)}]
 			interesting = interesting || !ok || slices.Contains(next.done, false)
 		}
 	}
@@ -701,17 +717,20 @@ func fzAppend(tb testing.TB, p string, data []byte) {
 // fzOwed returns the messages that must come out: those of every untouched record at or
 // after the cursor the spool will use, less those the done sets mark done. The spool's
 // documented rules: a missing or damaged cursor, or one past the last segment, means the
-// first segment; a cursor into a missing segment means the start of the next one. The
-// done sets (the extra bytes of a version 2 cursor file that decodes) name records by
-// segment and index, and apply to a record only if they give it its own message count
-// and CRC; a version 1 cursor file, or a damaged one, has none: every record at or after
-// the cursor is read whole again.
+// first segment; a cursor into a missing segment means the start of the next one. A
+// version 3 cursor names its record by byte offset; a version 1 cursor (what the damage
+// writes) by entry index, which the spool translates at open (to an earlier record if
+// damage in front may have shifted the indexes: duplicates, never loss). The done sets
+// (the extra bytes of a version 3 cursor file that decodes) name records by segment and
+// byte offset, and apply to a record only if they give it its own message count and CRC;
+// a version 1 cursor file, or a damaged one, has none: every record at or after the
+// cursor is read whole again.
 //
 // bound is how many times each message may come out at most (without copied segments):
 // its copies in the records the spool may read (those of the cursor's segment and after,
-// since damage in front of the cursor makes it resume earlier), less the copies marked
-// done, unless damage in their segment may shift the indexes the spool gives its records
-// (then the done sets may not find them: duplicates, never loss).
+// since damage in front of a version 1 cursor makes it resume earlier), less the copies
+// marked done: damage cannot move a record's offset, so the done sets always find the
+// records they name.
 func fzOwed(pr *fzPristine, dir string, st *fzState) (owed []string, cur fzCursor, read map[[2]uint64]bool, bound map[string]int) {
 	// The segments Open finds (segment directories holding anything: an empty one is a
 	// creation cut short), and those it can read (holding their WAL file; the others are
@@ -731,17 +750,17 @@ func fzOwed(pr *fzPristine, dir string, st *fzState) (owed []string, cur fzCurso
 	cur = cf.pos
 	var done map[[2]uint64]fzDone
 	if err != nil || !ok || (len(found) > 0 && cur.Seg > found[len(found)-1]) {
-		cur = fzCursor{Index: 1}
+		cur = fzCursor{ByOffset: true} // the start of the first segment: offset 0
 		if len(found) > 0 {
 			cur.Seg = found[0]
 		}
-	} else if len(cf.extra) > 0 {
-		done, _ = fzDecodeDone(cf.extra) // nil if damaged: the Chan applies none of it
+	} else if len(cf.extra) > 0 && cf.version >= 3 {
+		// nil if damaged: the Chan applies none of it. The done sets of a version 2 file
+		// are keyed by entry index and match no record (duplicates, never loss).
+		done, _ = fzDecodeDone(cf.extra)
 	}
-	cur.Index = max(cur.Index, 1)
-	shifted := map[uint64]bool{} // segments with a record touched
-	for k := range st.touched {
-		shifted[k[0]] = true
+	if !cur.ByOffset {
+		cur.Index = max(cur.Index, 1) // index 0 in a version 1 file means the first entry
 	}
 	read = map[[2]uint64]bool{}
 	bound = map[string]int{}
@@ -750,18 +769,24 @@ func fzOwed(pr *fzPristine, dir string, st *fzState) (owed []string, cur fzCurso
 		if !slices.Contains(segs, r.seg) || st.gone[r.seg] || r.seg < cur.Seg {
 			continue
 		}
-		d, hasDone := done[k]
+		// Done sets name records by byte offset, which damage elsewhere cannot change: a
+		// copy marked done never comes out again.
+		d, hasDone := done[[2]uint64{r.seg, uint64(r.off)}]
 		isDone := func(i int) bool { return hasDone && d.count == len(r.msgs) && d.crc == r.crc && d.done[i] }
 		for i, m := range r.msgs {
-			if !isDone(i) || shifted[r.seg] {
+			if !isDone(i) {
 				bound[m]++
 			}
 		}
+		at := r.index // where the record is, as the cursor names records
+		if cur.ByOffset {
+			at = uint64(r.off)
+		}
 		var from int
 		switch {
-		case r.seg > cur.Seg, r.index > cur.Index:
+		case r.seg > cur.Seg, at > cur.Index:
 			from = 0
-		case r.index == cur.Index:
+		case at == cur.Index:
 			from = min(int(cur.Offset), len(r.msgs))
 		default:
 			continue
