@@ -58,7 +58,10 @@ func (s *Spool) collect() error {
 			continue
 		}
 		done := sg.seq < s.acked.Seg ||
-			(sg.seq == s.acked.Seg && sg.sealed && (s.pastEnd(sg) || s.readPast(sg)))
+			(sg.seq == s.acked.Seg && sg.sealed && (s.pastEnd(sg) || s.readPast(sg))) ||
+			// A segment without a record (a kill between creating it and writing to it)
+			// past the cursor, which the reader has passed: nothing in it to acknowledge.
+			(sg.seq > s.acked.Seg && sg.sealed && sg.meta.records == 0 && s.readPast(sg))
 		if !done || !sg.sealed {
 			return nil
 		}
