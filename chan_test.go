@@ -690,7 +690,14 @@ func propertyRun(t *testing.T, seed int64, ordered bool) {
 			}
 			got = append(got, part...)
 		default: // graceful restart
-			stop(rng.IntN(3))
+			how := rng.IntN(3)
+			if ordered && how == 1 {
+				// A consumer still receiving while Close takes Out's buffer back may get
+				// one of them between two it took back: FIFO holds for graceful restarts
+				// with the consumer stopped (see WithOrdered).
+				how = 0
+			}
+			stop(how)
 			start()
 		}
 		if round%10 == 0 {
