@@ -399,8 +399,11 @@ func bench(cfg config, policy pelichan.SyncPolicy, progress io.Writer) (*Result,
 	st := c.Stats()
 	res.SpilledMessages += st.Spilled
 	res.DirectMessages += st.Direct
-	res.Compression = st.CompressionRatio
 	written, raw := st.BytesWritten+bytesWritten, st.RawBytesWritten+rawWritten
+	// Over both sessions: the second may write nothing (a consumer keeping up).
+	if written > 0 {
+		res.Compression = float64(raw) / float64(written)
+	}
 	if err := c.Close(); err != nil {
 		return nil, fmt.Errorf("close: %w", err)
 	}
