@@ -18,6 +18,7 @@ type ackBox struct {
 	bits    []uint64 // acknowledged deliveries after floor, by seq modulo the ring size
 	mask    uint64
 	queue   []ackRange    // acknowledged since the loop last looked
+	queued  atomic.Bool   // queue is not empty: the loop looks without the mutex first
 	hi      atomic.Uint64 // the last delivery handed to Deliveries
 	offered atomic.Uint64 // the delivery being offered on Deliveries (hi+1), or hi
 	inBuf   func() int    // deliveries waiting in Deliveries' buffer, not yet received
@@ -108,6 +109,7 @@ func (a *ackBox) ack(lo, hi uint64, through bool) error {
 		a.floor++
 	}
 	a.queue = append(a.queue, ackRange{lo, hi})
+	a.queued.Store(true)
 	a.mu.Unlock()
 	select {
 	case a.notify <- struct{}{}:
@@ -118,7 +120,11 @@ func (a *ackBox) ack(lo, hi uint64, through bool) error {
 
 // take returns the acknowledgements queued since the last call.
 func (a *ackBox) take(buf []ackRange) []ackRange {
+	if !a.queued.Load() {
+		return buf[:0] // the loop calls this every round: no mutex when nothing came
+	}
 	a.mu.Lock()
+	a.queued.Store(false)
 	buf = append(buf[:0], a.queue...)
 	a.queue = a.queue[:0]
 	a.mu.Unlock()

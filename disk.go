@@ -67,9 +67,22 @@ const idleRelease = time.Second
 
 // compressBatch encodes b into records and hands them to the disk goroutine.
 func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T], reply chan error) {
-	w.Reset()
 	// Behind: more batches on their way than compressors to take them.
-	w.SetCompression(c.compression(c.inflight.Load() > int64(c.compressors())))
+	behind := c.inflight.Load() > int64(c.compressors())
+	c.encodeBatch(w, b, behind, reply, func(e encoded[T]) {
+		c.recCh <- e
+		if e.rec != nil {
+			<-reply // the disk goroutine is done with w's buffer
+		}
+	})
+}
+
+// encodeBatch encodes b into records with w and hands each, and the end of the batch, to
+// send. Messages the codec refuses are counted and reported. A pooled spill batch goes
+// back to the pool before its last send: nobody needs its messages after encoding.
+func (c *Chan[T]) encodeBatch(w *segment.Writer, b *batch[T], behind bool, reply chan error, send func(encoded[T])) {
+	w.Reset()
+	w.SetCompression(c.compression(behind))
 	w.SetTime(time.Now().UnixNano())
 	emit := func(last bool) {
 		n := w.Len()
@@ -81,10 +94,7 @@ func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T], reply chan error
 			c.avgSize.Store(int64(w.Size()/n) - 4)
 			e.rec = w.Record()
 		}
-		c.recCh <- e
-		if e.rec != nil {
-			<-reply
-		}
+		send(e)
 		w.Reset()
 	}
 	for i, v := range b.msgs {
@@ -871,32 +881,14 @@ func (c *Chan[T]) settleShadow(d *diskState[T], b *batch[T], done map[uint64]boo
 
 // storeNow encodes and stores b on the disk goroutine itself (at Close).
 func (c *Chan[T]) storeNow(d *diskState[T], w *segment.Writer, b *batch[T], put func(encoded[T])) {
-	w.Reset()
-	w.SetCompression(c.compression(false))
-	w.SetTime(time.Now().UnixNano())
 	reply := make(chan error, 1)
-	emit := func(last bool) {
-		n := w.Len()
-		if n == 0 && !last {
-			return
-		}
-		e := encoded[T]{n: n, b: b, last: last, reply: reply}
-		if n > 0 {
-			e.rec = w.Record()
-		}
+	c.encodeBatch(w, b, false, reply, func(e encoded[T]) {
 		put(e)
 		select {
-		case <-reply:
+		case <-reply: // answered on the spot: nobody waits on it
 		default:
 		}
-		w.Reset()
-	}
-	for i, v := range b.msgs {
-		if err := c.encodeInto(w, v, func() { emit(false) }); err != nil {
-			c.refused(b, i, err)
-		}
-	}
-	emit(true)
+	})
 }
 
 // append writes one record within the disk cap. At the cap, or on a full disk, the
