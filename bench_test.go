@@ -263,3 +263,48 @@ func BenchmarkIdleAfterSpill(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkOpenToFirst: New on a spool holding a backlog of 500k lines (the bench/
+// restart phase's), to the first message received from Out. Each round takes one
+// message, so the backlog barely moves.
+func BenchmarkOpenToFirst(b *testing.B) {
+	lines, _ := benchLines(4096)
+	dir := b.TempDir()
+	src := make(chan []byte, 256)
+	c, err := New(dir, src, Bytes, WithBuffer(0), WithSync(SyncNever))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const backlog = 500_000
+	for i := 0; i < backlog; i++ {
+		src <- lines[i%len(lines)]
+	}
+	waitStored(c, backlog)
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	var inNew time.Duration
+	for i := 0; i < b.N; i++ {
+		src := make(chan []byte)
+		t0 := time.Now()
+		c, err := New(dir, src, Bytes, WithSync(SyncNever))
+		if err != nil {
+			b.Fatal(err)
+		}
+		inNew += time.Since(t0)
+		select {
+		case <-c.Out():
+		case <-time.After(10 * time.Second):
+			b.Fatal("no first message within 10s")
+		}
+		b.StopTimer()
+		close(src)
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(inNew.Nanoseconds())/float64(b.N), "ns-in-New/op")
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -744,6 +745,10 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 		b.ids = append(b.ids, b.key.id(i))
 	}
 	out <- j // never blocks: capacity refillPool
+	// The disk goroutine, woken by the send, waits for this P while more jobs are queued:
+	// let it take the result now (the first message after Open comes sooner, and the
+	// refill pipeline stays full), not after every queued record is decoded.
+	runtime.Gosched()
 }
 
 // advance moves the spool's cursor over the records whose messages are all done.

@@ -100,7 +100,7 @@ const fzWAL = "00000000000000000001"
 // fzCursor is a read position as the spool's cursor file holds it: the Offset first
 // messages of the record at Index, and every record before it, are delivered. Index is
 // the byte offset of the record's framing (its uvarint length) in the segment's WAL file
-// if ByOffset (cursor file version 3), else its 1-based entry index (versions 1 and 2).
+// if ByOffset (cursor file version 3 or 4), else its 1-based entry index (versions 1 and 2).
 type fzCursor struct {
 	Seg, Index uint64
 	Offset     uint32
@@ -112,8 +112,10 @@ type fzCursor struct {
 // u64, index u64 (an entry index), offset u32, CRC-32C of bytes 0..28 (32 bytes).
 // Version 2: "pcur", 2, three zero bytes, seg u64, index u64 (an entry index), offset
 // u32, high u64, low u64, n u32, n extra bytes, CRC-32C of every byte before it (52+n
-// bytes). Version 3 (what the spool writes): the layout of version 2, with index the
-// record's byte offset. The extra bytes are the Chan's done sets (see fzDecodeDone).
+// bytes). Version 3: the layout of version 2, with index the record's byte offset.
+// Version 4 (what the spool writes): version 3 with delivered u64 (messages of segment seg
+// before the position) at 44, then n u32, the extra bytes, the CRC (60+n bytes). The extra
+// bytes are the Chan's done sets (see fzDecodeDone).
 type fzCursorFile struct {
 	pos       fzCursor
 	version   int
@@ -137,7 +139,7 @@ func fzEncodeCursor(c fzCursor) []byte {
 	return b
 }
 
-// fzMaxExtra is the most extra bytes a version 2 or 3 cursor file may claim (spool.MaxExtra,
+// fzMaxExtra is the most extra bytes a version 2 to 4 cursor file may claim (spool.MaxExtra,
 // restated: the oracle does not use the spool's code).
 const fzMaxExtra = 64 << 20
 
@@ -147,7 +149,7 @@ func fzDecodeCursor(b []byte) (fzCursorFile, bool) {
 	}
 	pos := func() fzCursor {
 		return fzCursor{Seg: binary.LittleEndian.Uint64(b[8:]), Index: binary.LittleEndian.Uint64(b[16:]),
-			Offset: binary.LittleEndian.Uint32(b[24:]), ByOffset: b[4] == 3}
+			Offset: binary.LittleEndian.Uint32(b[24:]), ByOffset: b[4] >= 3}
 	}
 	switch b[4] {
 	case 1:
@@ -155,19 +157,23 @@ func fzDecodeCursor(b []byte) (fzCursorFile, bool) {
 			return fzCursorFile{}, false
 		}
 		return fzCursorFile{pos: pos(), version: 1}, true
-	case 2, 3:
-		if len(b) < 52 {
+	case 2, 3, 4:
+		at := uint64(44) // where n is
+		if b[4] == 4 {
+			at = 52
+		}
+		if uint64(len(b)) < at+8 {
 			return fzCursorFile{}, false
 		}
-		n := uint64(binary.LittleEndian.Uint32(b[44:]))
-		if n > fzMaxExtra || uint64(len(b)) != 52+n ||
-			crc32.Checksum(b[:48+n], fzCastagnoli) != binary.LittleEndian.Uint32(b[48+n:]) {
+		n := uint64(binary.LittleEndian.Uint32(b[at:]))
+		if n > fzMaxExtra || uint64(len(b)) != at+8+n ||
+			crc32.Checksum(b[:at+4+n], fzCastagnoli) != binary.LittleEndian.Uint32(b[at+4+n:]) {
 			return fzCursorFile{}, false
 		}
 		cf := fzCursorFile{pos: pos(), version: int(b[4]),
 			high: binary.LittleEndian.Uint64(b[28:]), low: binary.LittleEndian.Uint64(b[36:])}
 		if n > 0 {
-			cf.extra = slices.Clone(b[48 : 48+n])
+			cf.extra = slices.Clone(b[at+4 : at+4+n])
 		}
 		return cf, true
 	}
@@ -389,8 +395,8 @@ func fzBuild(f *testing.F, dir string) *fzPristine {
 		f.Fatal(err)
 	}
 	cf, ok := fzDecodeCursor(b)
-	if !ok || cf.version != 3 {
-		f.Fatalf("cursor file %x does not decode as version 3", b)
+	if !ok || cf.version != 4 {
+		f.Fatalf("cursor file %x does not decode as version 4", b)
 	}
 	pr.cursor = cf.pos
 	if pr.done, ok = fzDecodeDone(cf.extra); !ok {

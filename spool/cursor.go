@@ -33,29 +33,40 @@ type cursorFile struct {
 	// numbered above high, front segments below low, so that no number is used twice.
 	high, low uint64
 	extra     []byte // the owner's bytes (Spool.SetExtra); nil if none
+	// delivered is how many messages of segment pos.Seg lie before pos, so that Open
+	// need not read the segment to count them; unknownDelivered if not known (versions 1
+	// to 3, or a position in no segment present).
+	delivered uint64
 }
 
-// Cursor file, version 3 (written since), little endian:
+// unknownDelivered is cursorFile.delivered when the file does not say.
+const unknownDelivered = ^uint64(0)
+
+// Cursor file, version 4 (written since), little endian:
 //
 //	0   "pcur"
-//	4   version 3, then 3 zero bytes
+//	4   version 4, then 3 zero bytes
 //	8   seg u64 | 16 index u64 | 24 offset u32   the acknowledged position (see Cursor; index is a byte offset)
 //	28  high u64 | 36 low u64                    highest and lowest segment numbers ever used
-//	44  n u32 (at most MaxExtra)                 length of the extra bytes
-//	48  extra [n]byte
-//	48+n crc32c of bytes 0..48+n
+//	44  delivered u64                            messages of segment seg before the position; 2^64-1: not known
+//	52  n u32 (at most MaxExtra)                 length of the extra bytes
+//	56  extra [n]byte
+//	56+n crc32c of bytes 0..56+n
 //
-// Version 1 (read, never written again): "pcur" | 1 | 3 zero | seg u64 | index u64 |
-// offset u32 | crc32c of bytes 0..28; 32 bytes. It has no high, low or extra.
+// Version 3 (read, never written again): the same without delivered (n at 44, extra at
+// 48, 52 bytes besides the extra bytes). Version 2: the layout of version 3, with index
+// an entry index. Version 1: "pcur" | 1 | 3 zero | seg u64 | index u64 | offset u32 |
+// crc32c of bytes 0..28; 32 bytes. It has no high, low or extra.
 const (
-	cursorVersion = 3 // the version Checkpoint writes
+	cursorVersion = 4 // the version Checkpoint writes
 	cursorV1Size  = 32
-	cursorV2Fixed = 52 // bytes of a version 2 file besides the extra bytes
+	cursorV2Fixed = 52 // bytes of a version 2 or 3 file besides the extra bytes
+	cursorV4Fixed = 60 // bytes of a version 4 file besides the extra bytes
 )
 
 func encodeCursor(cf cursorFile) []byte {
 	n := len(cf.extra)
-	b := make([]byte, cursorV2Fixed+n)
+	b := make([]byte, cursorV4Fixed+n)
 	copy(b, "pcur")
 	b[4] = cursorVersion
 	binary.LittleEndian.PutUint64(b[8:], cf.pos.Seg)
@@ -63,13 +74,14 @@ func encodeCursor(cf cursorFile) []byte {
 	binary.LittleEndian.PutUint32(b[24:], cf.pos.Offset)
 	binary.LittleEndian.PutUint64(b[28:], cf.high)
 	binary.LittleEndian.PutUint64(b[36:], cf.low)
-	binary.LittleEndian.PutUint32(b[44:], uint32(n))
-	copy(b[48:], cf.extra)
-	binary.LittleEndian.PutUint32(b[48+n:], crc32.Checksum(b[:48+n], castagnoli))
+	binary.LittleEndian.PutUint64(b[44:], cf.delivered)
+	binary.LittleEndian.PutUint32(b[52:], uint32(n))
+	copy(b[56:], cf.extra)
+	binary.LittleEndian.PutUint32(b[56+n:], crc32.Checksum(b[:56+n], castagnoli))
 	return b
 }
 
-// decodeCursor reads a cursor file of version 1, 2 or 3 and returns its version. The
+// decodeCursor reads a cursor file of version 1 to 4 and returns its version. The
 // position of a version 1 or 2 file is an entry index (see indexToOffset).
 func decodeCursor(b []byte) (cursorFile, int, error) {
 	if len(b) < 8 || string(b[:4]) != "pcur" {
@@ -87,17 +99,22 @@ func decodeCursor(b []byte) (cursorFile, int, error) {
 			Seg:    binary.LittleEndian.Uint64(b[8:]),
 			Index:  binary.LittleEndian.Uint64(b[16:]),
 			Offset: binary.LittleEndian.Uint32(b[24:]),
-		}}, 1, nil
-	case 2, 3:
+		}, delivered: unknownDelivered}, 1, nil
+	case 2, 3, 4:
 		v := int(v)
-		if len(b) < cursorV2Fixed {
-			return cursorFile{}, v, fmt.Errorf("%w: version %d cursor file of %d bytes, want at least %d", ErrCorrupt, v, len(b), cursorV2Fixed)
+		fixed, at := uint64(cursorV2Fixed), 44 // the extra bytes' length at b[at:], the bytes at at+4
+		if v == 4 {
+			fixed, at = cursorV4Fixed, 52
 		}
-		n := binary.LittleEndian.Uint32(b[44:])
-		if n > MaxExtra || uint64(len(b)) != cursorV2Fixed+uint64(n) {
+		if uint64(len(b)) < fixed {
+			return cursorFile{}, v, fmt.Errorf("%w: version %d cursor file of %d bytes, want at least %d", ErrCorrupt, v, len(b), fixed)
+		}
+		n := binary.LittleEndian.Uint32(b[at:])
+		if n > MaxExtra || uint64(len(b)) != fixed+uint64(n) {
 			return cursorFile{}, v, fmt.Errorf("%w: version %d cursor file of %d bytes claims %d extra bytes", ErrCorrupt, v, len(b), n)
 		}
-		if crc32.Checksum(b[:48+n], castagnoli) != binary.LittleEndian.Uint32(b[48+n:]) {
+		end := at + 4 + int(n)
+		if crc32.Checksum(b[:end], castagnoli) != binary.LittleEndian.Uint32(b[end:]) {
 			return cursorFile{}, v, fmt.Errorf("%w: cursor file crc mismatch", ErrCorrupt)
 		}
 		cf := cursorFile{
@@ -106,22 +123,26 @@ func decodeCursor(b []byte) (cursorFile, int, error) {
 				Index:  binary.LittleEndian.Uint64(b[16:]),
 				Offset: binary.LittleEndian.Uint32(b[24:]),
 			},
-			high: binary.LittleEndian.Uint64(b[28:]),
-			low:  binary.LittleEndian.Uint64(b[36:]),
+			high:      binary.LittleEndian.Uint64(b[28:]),
+			low:       binary.LittleEndian.Uint64(b[36:]),
+			delivered: unknownDelivered,
+		}
+		if v == 4 {
+			cf.delivered = binary.LittleEndian.Uint64(b[44:])
 		}
 		if n > 0 {
-			cf.extra = bytes.Clone(b[48 : 48+n])
+			cf.extra = bytes.Clone(b[at+4 : end])
 		}
 		return cf, v, nil
 	default:
-		return cursorFile{}, int(v), fmt.Errorf("%w: cursor file version %d, this build reads 1 to 3", ErrCorrupt, v)
+		return cursorFile{}, int(v), fmt.Errorf("%w: cursor file version %d, this build reads 1 to 4", ErrCorrupt, v)
 	}
 }
 
 // readCursorPath reads and decodes the cursor file at path, never reading more than a
 // valid one can hold.
 func readCursorPath(path string) (cursorFile, int, error) {
-	b, err := readHead(path, cursorV2Fixed+MaxExtra+1)
+	b, err := readHead(path, cursorV4Fixed+MaxExtra+1)
 	if err != nil {
 		return cursorFile{}, 0, err
 	}
@@ -242,12 +263,23 @@ func (s *Spool) checkpoint() error {
 	if s.saved == now {
 		return nil
 	}
-	cf := cursorFile{pos: s.acked, high: s.high, low: s.low, extra: s.extra}
+	cf := cursorFile{pos: s.acked, high: s.high, low: s.low, extra: s.extra, delivered: s.deliveredAt(s.acked)}
 	if err := writeFileAtomic(s.path(cursorName), encodeCursor(cf), !s.opts.NoSync); err != nil {
 		return fmt.Errorf("spool: checkpoint: %w", err)
 	}
 	s.saved = now
 	return nil
+}
+
+// deliveredAt returns how many messages of segment c.Seg lie before c, as the reader
+// counted them (unknownDelivered when c.Seg is not present).
+func (s *Spool) deliveredAt(c Cursor) uint64 {
+	for _, sg := range s.segs {
+		if sg.seq == c.Seg {
+			return sg.delivered
+		}
+	}
+	return unknownDelivered
 }
 
 // SetExtra sets bytes to be persisted with the cursor by the next Checkpoint (and by

@@ -46,7 +46,9 @@ func (s *Spool) dropSeg(sg *seg) {
 	if i := slices.Index(s.segs, sg); i >= 0 {
 		s.segs = slices.Delete(s.segs, i, i+1)
 		s.st.DiskBytes -= sg.size
-		s.st.Undelivered -= int64(sg.meta.messages - sg.delivered)
+		if sg.meta.messages > sg.delivered {
+			s.st.Undelivered -= int64(sg.meta.messages - sg.delivered)
+		}
 	}
 }
 

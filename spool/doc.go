@@ -22,32 +22,35 @@
 //
 // # The cursor file
 //
-// Version 3, little endian, replaced atomically by Checkpoint and Close (and skipped when
+// Version 4, little endian, replaced atomically by Checkpoint and Close (and skipped when
 // nothing changed):
 //
-//	+--------+----+-------+-----+-------+--------+------+------+-----+-------+--------+
-//	| "pcur" | 03 | 0 0 0 | seg | index | offset | high | low  |  n  | extra | crc32c |
-//	|   4    | 1  |   3   |  8  |   8   |   4    |  8   |  8   |  4  |   n   |   4    |
-//	+--------+----+-------+-----+-------+--------+------+------+-----+-------+--------+
+//	+--------+----+-------+-----+-------+--------+------+-----+-----------+----+-------+--------+
+//	| "pcur" | 04 | 0 0 0 | seg | index | offset | high | low | delivered | n  | extra | crc32c |
+//	|   4    | 1  |   3   |  8  |   8   |   4    |  8   |  8  |     8     | 4  |   n   |   4    |
+//	+--------+----+-------+-----+-------+--------+------+-----+-----------+----+-------+--------+
 //
 // seg, index and offset are the acknowledged position (Cursor): every record of segment
 // seg at a byte offset less than index is delivered (and every record of the segments
 // before it), and so are the first offset messages of the record at byte offset index.
 // high and low are the highest and lowest segment numbers ever created in the directory;
-// extra the owner's bytes (SetExtra, at most MaxExtra); the CRC-32C (Castagnoli) covers
-// every byte before it.
+// delivered how many messages of segment seg lie before the position (2^64-1: not known),
+// so that Open counts the backlog without reading the segment; extra the owner's bytes
+// (SetExtra, at most MaxExtra); the CRC-32C (Castagnoli) covers every byte before it.
 //
-// Older versions are still read, and replaced by version 3 at the next checkpoint. Their
-// index is the record's 1-based entry index in the segment, as the scanner counts entries
-// (a damaged stretch counts as one entry, whatever it swallowed): Open translates it into
-// the record's byte offset by scanning the cursor's segment (an index past the last entry
-// becomes the end of the file), keeping those versions' rule for damage that may have
-// shifted entry indexes: where a damaged stretch in front of the position is not exactly
-// one framed entry, or entries are missing against the count recorded at sealing, reading
-// resumes at the first such stretch, without the message offset (duplicates, never loss).
-// Version 2 has the layout above with 02. Version 1 (32 bytes: "pcur", 01, three zero
-// bytes, seg, index, offset, CRC-32C of the 28 bytes before it) has no marks and no extra
-// bytes. These layouts are part of the on-disk format.
+// Older versions are still read, and replaced by version 4 at the next checkpoint.
+// Version 3 has the layout above without delivered (Open then counts by scanning the
+// segment). Version 2 has the layout of version 3 with 02, and its index is the record's
+// 1-based entry index in the segment, as the scanner counts entries (a damaged stretch
+// counts as one entry, whatever it swallowed): Open translates it into the record's byte
+// offset by scanning the cursor's segment (an index past the last entry becomes the end
+// of the file), keeping that version's rule for damage that may have shifted entry
+// indexes: where a damaged stretch in front of the position is not exactly one framed
+// entry, or entries are missing against the count recorded at sealing, reading resumes at
+// the first such stretch, without the message offset (duplicates, never loss). Version 1
+// (32 bytes: "pcur", 01, three zero bytes, seg, index (an entry index), offset, CRC-32C
+// of the 28 bytes before it) has no marks and no extra bytes. These layouts are part of
+// the on-disk format.
 //
 // # Segment numbers
 //
@@ -138,7 +141,7 @@
 //     newest after a crash) is scanned, and if the scan finds fewer entries than its meta
 //     recorded, the shortfall is reported (a sealed segment was fsynced before its meta
 //     was written, so no crash removes whole entries from it);
-//   - the newest segment's torn or garbage tail (a crash mid-write; zero bytes appended by
+//   - the newest segment's torn or garbage tail, if it has no valid meta file (a crash mid-write; zero bytes appended by
 //     a filesystem count as garbage, since they parse as empty tidwall entries) is cut back
 //     to the last whole valid record, and the cut bytes are kept as DIR/<seq>.<nanos>.broken;
 //   - a segment that cannot be read at all, or whose file is larger than a segment can

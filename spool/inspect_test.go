@@ -339,7 +339,7 @@ func TestInspectClean(t *testing.T) {
 		t.Errorf("bytes: raw %d record %d file %d ratio %v", r.RawBytes, r.RecordBytes, r.FileBytes, r.Ratio)
 	}
 	want := CursorInfo{State: "ok", Seq: segNumOf(t, f.segs[0].name), Segment: f.segs[0].name, Index: uint64(f.segs[0].offsets[2]), Offset: 1,
-		Version: 3, High: segNumOf(t, f.segs[len(f.segs)-1].name), Low: segNumOf(t, f.segs[0].name)}
+		Version: 4, High: segNumOf(t, f.segs[len(f.segs)-1].name), Low: segNumOf(t, f.segs[0].name)}
 	if r.Cursor != want {
 		t.Errorf("cursor %+v, want %+v", r.Cursor, want)
 	}

@@ -21,6 +21,11 @@ func (s *Spool) Next() (Record, error) {
 	}
 	for s.rseg != nil {
 		sg := s.rseg
+		if sg.sealed && !sg.readDone && !s.Has(sg.seq) {
+			// collect deleted it before the reader started it (the cursor passed its end).
+			s.nextSeg(sg.seq)
+			continue
+		}
 		if !sg.sealed {
 			i := s.activeEntry()
 			if i == 0 {
@@ -41,11 +46,17 @@ func (s *Spool) Next() (Record, error) {
 			if !s.ensureMeta(sg) {
 				continue
 			}
-			if err := s.loadReader(sg); err != nil {
-				s.setAside(sg, err)
-				s.dropSeg(sg)
-				s.nextSeg(sg.seq)
-				continue
+			rec, step := s.streamNext(sg)
+			if step == streamRecord {
+				return rec, nil
+			}
+			if step == streamFallback {
+				if err := s.loadReader(sg); err != nil {
+					s.setAside(sg, err)
+					s.dropSeg(sg)
+					s.nextSeg(sg.seq)
+					continue
+				}
 			}
 		}
 		for s.rpos < len(s.rents) {
@@ -114,6 +125,7 @@ func (s *Spool) loadReader(sg *seg) error {
 		s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
 	}
 	s.rbuf, s.rents, s.rpos = buf, ents, 0
+	s.rs = stream{}
 	if ents == nil {
 		s.rents = []entry{}
 	}
@@ -196,6 +208,7 @@ func (s *Spool) nextSeg(seq uint64) {
 		}
 	}
 	s.rseg, s.rents, s.rbuf, s.rpos, s.rfrom, s.rskip = nil, nil, nil, 0, 0, 0
+	s.rs = stream{}
 	for _, sg := range s.segs {
 		if sg.seq > seq {
 			s.rseg = sg

@@ -37,22 +37,30 @@ func (s *Spool) load() error {
 				return fmt.Errorf("spool: remove leftover: %w", err)
 			}
 		case isSegName(name):
-			if sub, err := readDirNames(s.path(name)); err == nil && len(sub) == 0 {
-				// A segment whose creation was cut short (tidwall/wal makes the directory
-				// before its file): it never held a record.
-				if err := os.Remove(s.path(name)); err != nil {
-					return fmt.Errorf("spool: remove leftover: %w", err)
-				}
-				continue
-			}
 			seq, _ := strconv.ParseUint(name, 10, 64)
 			s.segs = append(s.segs, &seg{seq: seq, sealed: true})
 		}
 	}
 	sort.Slice(s.segs, func(i, j int) bool { return s.segs[i].seq < s.segs[j].seq })
+	// A segment whose creation was cut short (tidwall/wal makes the directory before its
+	// file) never held a record. Only the last segment created can be one, numbered above
+	// (or, a front segment, below) all others, and Open removes it before creating any:
+	// only the first and the last need looking at, whatever the backlog.
+	for _, i := range []int{len(s.segs) - 1, 0} {
+		if i < 0 || i >= len(s.segs) {
+			continue
+		}
+		name := s.segs[i].name()
+		if sub, err := readDirNames(s.path(name)); err == nil && len(sub) == 0 {
+			if err := os.Remove(s.path(name)); err != nil {
+				return fmt.Errorf("spool: remove leftover: %w", err)
+			}
+			s.segs = slices.Delete(s.segs, i, i+1)
+		}
+	}
 
 	cf, version, cerr := s.readCursor()
-	c := cf.pos
+	c, delivered := cf.pos, cf.delivered
 	if cerr == nil {
 		s.extra = cf.extra
 		if cf.high != 0 {
@@ -82,9 +90,13 @@ func (s *Spool) load() error {
 		// An entry index: the record's offset from a scan of its segment.
 		c = s.indexToOffset(c)
 	}
+	if cerr != nil || c != cf.pos {
+		delivered = unknownDelivered // a position other than the file's
+	}
 	s.acked = c
 	// Load what reading needs now: the segment the cursor is in (or the first after it), the
-	// one a front segment resumes in, and the newest (its tail may need repair). The counts
+	// one a front segment resumes in, and the newest (unsealed after a crash, its tail may
+	// need repair). The counts
 	// of the others are read in the background (see pump), so that Open costs the same
 	// whatever the backlog. Segments before the cursor are consumed and need no counts.
 	// The messages delivered before the cursor in its segment, and before a front segment's
@@ -103,7 +115,13 @@ func (s *Spool) load() error {
 			continue
 		}
 		err := s.loadSeg(sg, newest)
-		if err == nil && sg.seq == c.Seg {
+		if err == nil && sg.seq == c.Seg && delivered != unknownDelivered {
+			// Counted when the cursor file was written: no need to read the segment.
+			sg.delivered = min(delivered, sg.meta.messages)
+			if c.Index == 0 && c.Offset == 0 {
+				sg.delivered = 0
+			}
+		} else if err == nil && sg.seq == c.Seg {
 			err = s.deliveredBefore(sg, c)
 		} else if err == nil && sg.seq == resume.Seg {
 			err = s.deliveredBefore(sg, resume)
@@ -315,8 +333,8 @@ func readDirNames(dir string) ([]string, error) {
 }
 
 // loadSeg fills sg's counts from its meta file, or by scanning its WAL file when the
-// meta is missing (a crash before sealing) or the segment is the newest, whose tail is
-// repaired here.
+// meta is missing (a crash before sealing); the newest segment's torn tail is repaired
+// then.
 func (s *Spool) loadSeg(sg *seg, newest bool) error {
 	file := s.path(sg.name(), walFile)
 	fi, err := os.Stat(file)
@@ -334,7 +352,10 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 	if b, err := readHead(s.path(sg.name(), metaName), metaSize+1); err == nil {
 		sealed, haveMeta = decodeMeta(b)
 	}
-	if haveMeta && !newest {
+	if haveMeta {
+		// Sealed: fsynced before its meta was written, and never appended to since, so
+		// even the newest has no torn tail. Damage in it is found, and reported, when it is
+		// read.
 		sg.meta = sealed
 		s.fixResume(sg)
 		return nil

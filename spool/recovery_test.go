@@ -217,13 +217,20 @@ func TestTailJunk(t *testing.T) {
 		}()},
 	}
 	for _, tc := range cases {
-		for _, where := range []string{"newest", "old"} {
+		// newest: the segment being written at a crash (no meta file); old: a sealed one;
+		// sealed newest: the newest, sealed (junk there is damage, as in an old one).
+		for _, where := range []string{"newest", "old", "sealed newest"} {
 			t.Run(tc.name+"/"+where, func(t *testing.T) {
 				t.Parallel()
 				f := base.clone(t)
 				seg := f.segs[len(f.segs)-1]
-				if where == "old" {
+				switch where {
+				case "old":
 					seg = f.segs[1]
+				case "newest":
+					if err := os.Remove(filepath.Join(f.dir, seg, metaName)); err != nil {
+						t.Fatal(err)
+					}
 				}
 				p := walPath(f.dir, seg)
 				size := fileSize(t, p)
@@ -251,6 +258,7 @@ func TestBrokenEvidenceBounded(t *testing.T) {
 		writeSpool(t, dir, testOpts(), batches(fmt.Sprint("b", i), 1, 1))
 		segs := segNames(t, dir)
 		appendBytes(t, walPath(dir, segs[len(segs)-1]), []byte{0, 0, 0})
+		os.Remove(filepath.Join(dir, segs[len(segs)-1], metaName)) // killed before sealing
 	}
 	s := mustOpen(t, dir, testOpts())
 	defer s.Close()

@@ -137,6 +137,7 @@ type Spool struct {
 	rents []entry // entries of rseg when it is sealed
 	rpos  int     // next element of rents
 	rbuf  []byte
+	rs    stream    // rseg read record by record (before, or instead of, rents)
 	unack []readRec // records returned by Next, in order, not yet acknowledged
 
 	// The cursor file: what the next Checkpoint writes besides acked, and what the file
@@ -275,7 +276,7 @@ func (s *Spool) Close() error {
 	s.bg.Wait()
 	errs = append(errs, s.sealErr(), s.collect(), s.Checkpoint())
 	s.closed = true
-	s.rbuf, s.rents = nil, nil
+	s.rbuf, s.rents, s.rs = nil, nil, stream{}
 	errs = append(errs, s.lock.Close())
 	return errors.Join(errs...)
 }

@@ -431,7 +431,7 @@ func topNames(tb testing.TB, dir string) []string {
 
 func writeCursorFile(tb testing.TB, dir string, c Cursor) {
 	tb.Helper()
-	if err := os.WriteFile(filepath.Join(dir, cursorName), encodeCursor(cursorFile{pos: c}), 0o640); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, cursorName), encodeCursor(cursorFile{pos: c, delivered: unknownDelivered}), 0o640); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -884,15 +884,20 @@ func TestCursorEncoding(t *testing.T) {
 		{},
 		{pos: Cursor{Seg: 1 << 32, Index: 1}},
 		{pos: Cursor{Seg: ^uint64(0), Index: ^uint64(0), Offset: ^uint32(0)}, high: ^uint64(0), low: 1},
-		{pos: Cursor{Seg: 7, Index: 2, Offset: 3}, high: 9, low: 5, extra: []byte("acked out of order")},
+		{pos: Cursor{Seg: 7, Index: 2, Offset: 3}, high: 9, low: 5, extra: []byte("acked out of order"), delivered: 12},
+		{pos: Cursor{Seg: 7, Index: 2, Offset: 3}, delivered: unknownDelivered},
 	} {
-		for _, v := range []int{1, 2, 3} {
+		for _, v := range []int{1, 2, 3, 4} {
 			b, want := encodeCursor(cf), cf
 			switch v {
 			case 1:
-				b, want = encodeCursorV1(cf.pos), cursorFile{pos: cf.pos}
+				b, want = encodeCursorV1(cf.pos), cursorFile{pos: cf.pos, delivered: unknownDelivered}
 			case 2:
 				b = encodeCursorV2(cf)
+				want.delivered = unknownDelivered
+			case 3:
+				b = encodeCursorV3(cf)
+				want.delivered = unknownDelivered
 			}
 			got, gotv, err := decodeCursor(b)
 			if err != nil || gotv != v || !reflect.DeepEqual(got, want) {
