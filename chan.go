@@ -2,7 +2,12 @@
 // hands the messages out on its Out channel (or, with WithAcks, its Deliveries channel);
 // while the consumer keeps up they stay in memory, and when it falls behind the overflow is
 // spilled to disk (compressed batches in rotating WAL segments) and fed back when the
-// consumer has room again.
+// consumer has room again. "Falls behind" means stalls or takes fewer than about 16k
+// messages a second: a consumer faster than that but slower than the producer has the
+// full pending batch held for it (in one-millisecond windows, never past the linger
+// time), so src's own buffer absorbs the producer's lead as with a plain channel, instead
+// of spending the consumer's CPU on compressing and reading back what it would take in a
+// moment.
 //
 // A message is done when the consumer received it from Out or, with WithAcks, acknowledged
 // it. On the graceful path (Close, then New on the same directory) every message taken from
@@ -390,6 +395,17 @@ type loopState[T any] struct {
 	tickOn    bool
 	srcClosed bool
 	toldDisk  bool
+	pendAt    []int64 // when each pending message was taken from src (l.now), by index in pending
+
+	// Holding a full pending batch for a consumer that keeps up (see hold).
+	holdSince int64  // when the current hold window began (l.now); 0: not holding
+	holdFloor uint64 // tab.floor then
+	holdT     *time.Timer
+	holdC     <-chan time.Time // fires at the end of the hold window
+	// slow: a hold window ended with the consumer behind; no batch is held again until
+	// it has taken half a batch more than slowFloor.
+	slow      bool
+	slowFloor uint64
 }
 
 func (l *loopState[T]) queued() int { return len(l.pending) - l.ph }
@@ -403,7 +419,53 @@ func (l *loopState[T]) full() bool {
 	if l.c.opts.writeAhead && len(l.outq) == 0 && len(l.c.writeCh) == 0 {
 		return true // group commit: as soon as the previous write is taken
 	}
-	return q >= l.c.batchCount() || l.flushNow
+	return q >= l.c.batchCount() && !l.hold() || l.flushNow
+}
+
+// holdWindow is how long a full pending batch waits for the consumer (see hold) before
+// the consumer's pace is judged again; holdTake is the least it must have taken in a
+// window for the hold to go on (half a batch, if that is less): a consumer slower than
+// 16k messages a second has the producer's lead spilled, as if there were no hold.
+const (
+	holdWindow = time.Millisecond
+	holdTake   = 16
+)
+
+// hold reports whether a full pending batch is to wait for the consumer instead of being
+// written: the consumer takes messages fast enough that writing them and reading them
+// back would only cost it CPU. While the batch waits, nothing is taken from src, so src's
+// own buffer absorbs the producer's lead, as with a plain channel. It holds while nothing
+// is on disk or on its way there (a refill would go first), and for one hold window at a
+// time: a window in which the consumer took less than holdTake messages ends the hold,
+// and the batch is written, as is every full batch until the consumer has taken that many
+// more (a stalled or slow consumer costs the producer one window, not one per batch). The
+// linger time still bounds how long a message waits in memory (full reports flushNow).
+func (l *loopState[T]) hold() bool {
+	c := l.c
+	half := uint64(min(c.batchCount()/2, holdTake))
+	if c.opts.writeAhead || l.cur != nil || len(l.outq) > 0 || c.inflight.Load() > 0 || c.backlog.Load() ||
+		l.slow && l.tab.floor-l.slowFloor < half {
+		l.holdSince, l.holdC = 0, nil
+		return false
+	}
+	switch {
+	case l.holdSince == 0, l.now-l.holdSince >= int64(holdWindow) && l.tab.floor-l.holdFloor >= half:
+		// Not holding, or kept up over the last window: a window begins.
+		l.slow = false
+		l.holdSince, l.holdFloor = l.now, l.tab.floor
+		if l.holdT == nil {
+			l.holdT = time.NewTimer(holdWindow)
+		} else {
+			l.holdT.Reset(holdWindow)
+		}
+		l.holdC = l.holdT.C
+		return true
+	case l.now-l.holdSince < int64(holdWindow):
+		return true
+	}
+	l.slow, l.slowFloor = true, l.tab.floor
+	l.holdSince, l.holdC = 0, nil
+	return false
 }
 
 // accepting reports whether the loop may take a message from src.
@@ -458,6 +520,7 @@ func (l *loopState[T]) take(v T) {
 		l.lingerC = l.linger.C
 	}
 	l.pending = append(l.pending, v)
+	l.pendAt = append(l.pendAt, l.now)
 }
 
 // sentMem records a delivery from memory.
@@ -514,7 +577,7 @@ func (l *loopState[T]) handed() {
 	l.pending[l.ph] = zero
 	l.ph++
 	if l.ph == len(l.pending) {
-		l.pending, l.ph = l.pending[:0], 0
+		l.pending, l.ph, l.pendAt = l.pending[:0], 0, l.pendAt[:0]
 		l.lingerC, l.flushNow = nil, false
 	}
 	l.sentMem(v)
@@ -567,6 +630,11 @@ func (c *Chan[T]) loop() {
 	l.tick.Stop()
 	defer l.linger.Stop()
 	defer l.tick.Stop()
+	defer func() {
+		if l.holdT != nil {
+			l.holdT.Stop()
+		}
+	}()
 	l.pending = <-c.freeCh
 	var ackC <-chan struct{}
 	if c.acks != nil {
@@ -673,6 +741,16 @@ func (c *Chan[T]) loop() {
 		case <-ackC:
 		case <-l.lingerC:
 			l.lingerC, l.flushNow = nil, true
+			if l.queued() > 0 && l.ph < len(l.pendAt) {
+				// The time runs from the oldest message still pending: those there when it
+				// began may have gone out meanwhile (a batch held for the consumer).
+				if wait := l.pendAt[l.ph] + int64(c.opts.linger) - time.Now().UnixNano(); wait > 0 {
+					l.linger.Reset(time.Duration(wait))
+					l.lingerC, l.flushNow = l.linger.C, false
+				}
+			}
+		case <-l.holdC:
+			l.holdC = nil // full looks at the window again
 		case <-l.tick.C:
 			l.stale()
 		case <-idleC:
@@ -870,7 +948,7 @@ func (l *loopState[T]) flush() {
 		}
 	}
 	l.enqueue(b)
-	l.pending, l.ph = nil, 0
+	l.pending, l.ph, l.pendAt = nil, 0, l.pendAt[:0]
 	l.lingerC, l.flushNow = nil, false
 	select {
 	case p := <-l.c.freeCh:

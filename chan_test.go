@@ -1697,3 +1697,51 @@ func TestExpvar(t *testing.T) {
 	mustClose(t, c)
 	check("closed")
 }
+
+// A producer ahead of a consumer that keeps pace: the full pending batch is held for the
+// consumer (src's buffer absorbs the lead) rather than spilled; when the consumer stalls,
+// the batch is spilled after one hold window, and everything still arrives exactly once.
+func TestHoldForConsumerThenSpillOnStall(t *testing.T) {
+	const n = 60000
+	dir := t.TempDir()
+	src := make(chan string, 1024)
+	c := open(t, dir, src, WithBuffer(100))
+	sent := msgs("h", n)
+	stall := make(chan struct{})
+	var got []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for v := range c.Out() {
+			got = append(got, v)
+			if len(got) == n/2 {
+				<-stall // the consumer stops until the producer is done
+			}
+		}
+	}()
+	for _, m := range sent {
+		select {
+		case src <- m:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("src blocked 10s; stats %+v", c.Stats())
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Spilled == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // the stalled consumer's backlog goes to disk
+	}
+	if s := c.Stats(); s.Spilled == 0 {
+		t.Errorf("consumer stalled with %d messages waiting: nothing spilled; stats %+v", n-len(got), s)
+	}
+	close(stall)
+	close(src)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("Out not closed 20s after src; stats %+v", c.Stats())
+	}
+	s := c.Stats()
+	checkBalance(t, s)
+	mustClose(t, c)
+	checkSame(t, "hold", sent, got)
+}
