@@ -1,6 +1,7 @@
 package pelichan
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,14 +21,20 @@ type encoded[T any] struct {
 	n     int    // messages in rec
 	b     *batch[T]
 	last  bool       // the last record of its batch
-	reply chan error // the compressor waits on it before reusing rec's buffer (only if rec != nil)
+	reply chan error // if not nil, told when the disk goroutine is done with rec (only if rec != nil)
+}
+
+// done tells the encoder, if it waits, that the disk goroutine is done with e.rec.
+func (e encoded[T]) done(err error) {
+	if e.reply != nil {
+		e.reply <- err
+	}
 }
 
 // compress turns batches into records until writeCh is closed. Each compressor owns one
 // segment.Writer (and so one zstd encoder).
 func (c *Chan[T]) compress() {
-	reply := make(chan error, 1)
-	serveIdle(c.writeCh, c.newWriter, func(w *segment.Writer, b *batch[T]) { c.compressBatch(w, b, reply) })
+	serveIdle(c.writeCh, c.newWriter, c.compressBatch)
 }
 
 // serveIdle calls work for every item from in until in is closed, with state made by
@@ -67,14 +74,16 @@ func serveIdle[J any, S interface{ Close() }](in <-chan J, open func() S, work f
 const idleRelease = time.Second
 
 // compressBatch encodes b into records and hands them to the disk goroutine.
-func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T], reply chan error) {
+func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 	// Behind: more batches on their way than compressors to take them.
 	behind := c.inflight.Load() > int64(c.compressors())
-	c.encodeBatch(w, b, behind, reply, func(e encoded[T]) {
-		c.recCh <- e
+	c.encodeBatch(w, b, behind, nil, func(e encoded[T]) {
 		if e.rec != nil {
-			<-reply // the disk goroutine is done with w's buffer
+			// A copy, so the compressor goes on with w while the disk goroutine appends
+			// (it would otherwise wait for every append: a record is a few KiB).
+			e.rec = bytes.Clone(e.rec)
 		}
+		c.recCh <- e
 	})
 }
 
@@ -406,7 +415,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
 			c.rep.report(fmt.Errorf("%w: %d messages dropped (drop-newest)", err, e.n))
 			b.recs = append(b.recs, storedRec{n: e.n}) // no place: no IDs
-			e.reply <- nil
+			e.done(nil)
 			err, e.rec = nil, nil
 		}
 		if err != nil {
@@ -442,7 +451,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 					s.OnDisk += n
 				}
 			})
-			e.reply <- nil
+			e.done(nil)
 		}
 	}
 	if e.last {
@@ -506,7 +515,7 @@ func (c *Chan[T]) giveUp(d *diskState[T], e encoded[T], err error) {
 			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
 		}
 		c.rep.report(err)
-		e.reply <- err
+		e.done(err)
 	}
 	if e.last {
 		c.complete(d, b)
