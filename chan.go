@@ -244,16 +244,20 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 	}
 	ss := sp.Peek()
 	// Segments counted late (in the background) are added as they are (see lateCounts).
-	// What the cursor file marks done is not to be delivered (at most what is stored: a
-	// damaged file claims no more).
-	c.st.disk(ss, func(s *Stats) { s.OnDisk = ss.Undelivered - ss.Late - min(tr.preDone(), ss.Undelivered-ss.Late) })
+	// What the cursor file marks done is not to be delivered. Its done messages may lie in
+	// segments not counted yet: what exceeds the messages counted now is owed, and taken
+	// off the late counts as they come (see diskState.owed).
+	counted := ss.Undelivered - ss.Late
+	pre := tr.preDone()
+	owed := pre - min(pre, counted)
+	c.st.disk(ss, func(s *Stats) { s.OnDisk = counted - (pre - owed) })
 	c.backlog.Store(!sp.Empty())
 	for range batchPool {
 		c.freeCh <- make([]T, 0, 64)
 	}
 	var wg, cwg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); c.runDisk(sp, tr) }()
+	go func() { defer wg.Done(); c.runDisk(sp, tr, owed) }()
 	go func() { defer wg.Done(); c.loop() }()
 	for range c.compressors() {
 		cwg.Add(1)

@@ -226,6 +226,7 @@ type diskState[T any] struct {
 	syncs    []*syncReq
 	ticks    int
 	late     int64           // spool.Stats.Late already in OnDisk
+	owed     int64           // messages the cursor file marks done not taken off OnDisk yet (see addStored)
 	memMsgs  int             // messages written ahead and kept in memory for the loop
 	closeErr []error         // what could not be stored at Close
 	skipped  int64           // record bytes the reader passed over (handed out from memory)
@@ -233,10 +234,11 @@ type diskState[T any] struct {
 	dirtyAt  int64           // when the last record was written, until the segment is sealed idle
 }
 
-func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker) {
+func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 	d := &diskState[T]{
 		sp:      sp,
 		tr:      tr,
+		owed:    owed,
 		jobs:    make(chan decodeJob[T], 4*refillPool),
 		decoded: make(chan decodeJob[T], 4*refillPool),
 		waiting: make(map[uint64]*refill[T]),
@@ -391,9 +393,22 @@ func recCRC(rec []byte) uint32 {
 func (c *Chan[T]) lateCounts(d *diskState[T]) {
 	ss := d.sp.Stats()
 	ss.BytesRead -= d.skipped
-	n := ss.Late - d.late
+	n := d.addStored(ss.Late - d.late)
 	d.late = ss.Late
 	c.st.disk(ss, func(s *Stats) { s.OnDisk += n })
+}
+
+// addStored returns how many of n messages stored at open and found since (counted late
+// by the spool, or marked done by the cursor file in records the reader never found) are
+// to be added to OnDisk. At open, New takes the messages the cursor file marks done past
+// the cursor (tracker.preDone) off the messages counted then; but they may lie in segments
+// counted late, so more of them may be marked done than are counted at open. What exceeds
+// is owed: the messages added later pay it off first, so that OnDisk never goes below
+// zero and no done message stays counted in it.
+func (d *diskState[T]) addStored(n int64) int64 {
+	pay := min(n, d.owed)
+	d.owed -= pay
+	return n - pay
 }
 
 // store appends one record and, with SyncAlways, makes it durable before its messages
@@ -642,8 +657,8 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		}
 		read = true
 		rs, skip, gone := d.tr.reached(keyOf(rec.Pos), rec.Count, recCRC(rec.Data), int(rec.Pos.Offset))
-		if gone > 0 {
-			c.st.update(func(s *Stats) { s.OnDisk += int64(gone) })
+		if n := d.addStored(int64(gone)); n > 0 {
+			c.st.update(func(s *Stats) { s.OnDisk += n })
 		}
 		if skip {
 			d.skipped += int64(len(rec.Data))
@@ -668,7 +683,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 	}
 	if read {
 		ss := c.peek(d)
-		n := ss.Late - d.late
+		n := d.addStored(ss.Late - d.late)
 		d.late = ss.Late
 		c.st.disk(ss, func(s *Stats) { s.OnDisk += n })
 	}
