@@ -2,12 +2,11 @@
 // hands the messages out on its Out channel (or, with WithAcks, its Deliveries channel);
 // while the consumer keeps up they stay in memory, and when it falls behind the overflow is
 // spilled to disk (compressed batches in rotating WAL segments) and fed back when the
-// consumer has room again. "Falls behind" means stalls or takes fewer than about 16k
-// messages a second: a consumer faster than that but slower than the producer has the
-// full pending batch held for it (in one-millisecond windows, never past the linger
-// time), so src's own buffer absorbs the producer's lead as with a plain channel, instead
-// of spending the consumer's CPU on compressing and reading back what it would take in a
-// moment.
+// consumer has room again. A consumer that is only a moment behind (it takes more than
+// about 16k messages a second, and would take what waits in src and in the pending batch
+// within the linger time) has the full pending batch held for it a millisecond at a time
+// while src still has room, instead of spending its CPU on compressing and reading back
+// what it takes a moment later; the producer is never slowed by it.
 //
 // A message is done when the consumer received it from Out or, with WithAcks, acknowledged
 // it. On the graceful path (Close, then New on the same directory) every message taken from
@@ -428,32 +427,41 @@ func (l *loopState[T]) full() bool {
 
 // holdWindow is how long a full pending batch waits for the consumer (see hold) before
 // the consumer's pace is judged again; holdTake is the least it must have taken in a
-// window for the hold to go on (half a batch, if that is less): a consumer slower than
-// 16k messages a second has the producer's lead spilled, as if there were no hold.
+// window for the hold to go on (half a batch, if that is less).
 const (
 	holdWindow = time.Millisecond
 	holdTake   = 16
 )
 
-// hold reports whether a full pending batch is to wait for the consumer instead of being
-// written: the consumer takes messages fast enough that writing them and reading them
-// back would only cost it CPU. While the batch waits, nothing is taken from src, so src's
-// own buffer absorbs the producer's lead, as with a plain channel. It holds while nothing
-// is on disk or on its way there (a refill would go first), and for one hold window at a
-// time: a window in which the consumer took less than holdTake messages ends the hold,
-// and the batch is written, as is every full batch until the consumer has taken that many
-// more (a stalled or slow consumer costs the producer one window, not one per batch). The
-// linger time still bounds how long a message waits in memory (full reports flushNow).
+// hold reports whether a full pending batch is to wait for the consumer a moment instead
+// of being written: the consumer takes messages fast enough that writing them and reading
+// them back would only cost it CPU. A hold never slows the producer and never keeps
+// messages from the disk for long:
+//   - it holds only while src has room (the producer is not waiting on the loop; src
+//     unbuffered: never), nothing is on disk or on its way there (a refill would go
+//     first), and not in write-ahead mode;
+//   - it lasts one hold window at a time, and goes on only if the consumer took at least
+//     holdTake messages in the last one and, at that pace, would take everything waiting
+//     in src and in the batch within the linger time;
+//   - a window that fails ends it: the batch is written, as is every full batch until the
+//     consumer has taken holdTake more (a stalled consumer costs one window, not one per
+//     batch).
+//
+// The linger time still bounds how long a message waits in the pending batch (full
+// reports flushNow).
 func (l *loopState[T]) hold() bool {
 	c := l.c
 	half := uint64(min(c.batchCount()/2, holdTake))
 	if c.opts.writeAhead || l.cur != nil || len(l.outq) > 0 || c.inflight.Load() > 0 || c.backlog.Load() ||
-		l.slow && l.tab.floor-l.slowFloor < half {
+		l.slow && l.tab.floor-l.slowFloor < half || len(c.src) >= cap(c.src) {
 		l.holdSince, l.holdC = 0, nil
 		return false
 	}
+	took := l.tab.floor - l.holdFloor
+	waiting := uint64(len(c.src) + l.queued())
+	keptUp := took >= half && waiting <= took*uint64(c.opts.linger/holdWindow)
 	switch {
-	case l.holdSince == 0, l.now-l.holdSince >= int64(holdWindow) && l.tab.floor-l.holdFloor >= half:
+	case l.holdSince == 0, l.now-l.holdSince >= int64(holdWindow) && keptUp:
 		// Not holding, or kept up over the last window: a window begins.
 		l.slow = false
 		l.holdSince, l.holdFloor = l.now, l.tab.floor

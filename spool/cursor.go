@@ -202,8 +202,11 @@ func (s *Spool) Ack(c Cursor) error {
 			done = min(c.Offset, r.count) // a record partly delivered (at shutdown)
 		}
 		if done > r.skip {
-			r.sg.delivered += uint64(done - r.skip)
-			s.st.Undelivered -= int64(done - r.skip)
+			// Never more than the segment holds: a cursor file's count (version 4) that
+			// claimed too many must not take Undelivered below zero.
+			n := min(uint64(done-r.skip), r.sg.meta.messages-min(r.sg.delivered, r.sg.meta.messages))
+			r.sg.delivered += n
+			s.st.Undelivered -= int64(n)
 			r.skip = done
 		}
 		if done < r.count {

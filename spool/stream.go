@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"os"
 
 	"github.com/pelichan/pelichan/segment"
@@ -137,15 +138,25 @@ func (s *Spool) chunkFrom(sg *seg, off uint64, want int) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if off > math.MaxInt64 || int64(off) >= fi.Size() {
+		st.chunk, st.at, st.eof = []byte{}, off, true
+		return st.chunk, nil
+	}
 	size := streamChunk
 	if st.chunk == nil {
 		size = firstChunk // the first record at once, without reading far ahead of it
 	}
-	buf := make([]byte, max(size, want))
+	// Never more than the file holds from off: a damaged length prefix claiming a huge
+	// record costs a short read, not an allocation of its claim.
+	buf := make([]byte, min(int64(max(size, want)), fi.Size()-int64(off)))
 	n, err := f.ReadAt(buf, int64(off))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
-	st.chunk, st.at, st.eof = buf[:n:n], off, n < len(buf)
+	st.chunk, st.at, st.eof = buf[:n:n], off, int64(off)+int64(n) >= fi.Size()
 	return st.chunk, nil
 }
