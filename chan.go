@@ -399,6 +399,10 @@ type loopState[T any] struct {
 	srcClosed bool
 	toldDisk  bool
 	pendAt    []int64 // when each pending message was taken from src (l.now), by index in pending
+	// fromPending: the message next returned is from the pending batch (else the refill
+	// batch); directRun counts pending ones handed out in a row while a refill batch waited.
+	fromPending bool
+	directRun   int
 
 	// Holding a full pending batch for a consumer that keeps up (see hold).
 	holdSince int64  // when the current hold window began (l.now); 0: not holding
@@ -546,25 +550,36 @@ func (l *loopState[T]) sentMem(v T) {
 	l.startTick()
 }
 
-// next returns the message to hand out next, if any: from the refill batch, else from
-// the pending batch (memory first: it never went to disk).
+// refillEvery: when both the refill batch and the pending batch have messages to hand
+// out (unordered mode), the pending ones go first, since they cost no disk round trip, but
+// every refillEvery-th delivery comes from the refill batch, so that the backlog drains
+// while new messages arrive.
+const refillEvery = 8
+
+// next returns the message to hand out next, if any, and notes where it comes from for
+// handed: in ordered mode the refill batch first (the backlog is older), else the pending
+// batch first (see refillEvery).
 func (l *loopState[T]) next() (v T, id MsgID, ok bool) {
 	if !l.canSend() {
 		return v, id, false
 	}
+	pend := !l.c.opts.writeAhead && l.queued() > 0 &&
+		(!l.c.opts.ordered || (len(l.outq) == 0 && l.c.inflight.Load() == 0 && !l.c.backlog.Load()))
 	switch {
-	case l.cur != nil:
-		return l.cur.msgs[l.ci], l.cur.ids[l.ci], true
-	case !l.c.opts.writeAhead && l.queued() > 0 &&
-		(!l.c.opts.ordered || (len(l.outq) == 0 && l.c.inflight.Load() == 0 && !l.c.backlog.Load())):
+	case pend && (l.cur == nil || !l.c.opts.ordered && l.directRun < refillEvery-1):
+		l.fromPending = true
 		return l.pending[l.ph], MsgID{}, true
+	case l.cur != nil:
+		l.fromPending = false
+		return l.cur.msgs[l.ci], l.cur.ids[l.ci], true
 	}
 	return v, id, false
 }
 
 // handed records that the message from next went out.
 func (l *loopState[T]) handed() {
-	if l.cur != nil {
+	if !l.fromPending {
+		l.directRun = 0
 		b := l.cur
 		l.tab.push(flight[T]{id: b.ids[l.ci], st: fDisk})
 		l.lastSent = b.ids[l.ci]
@@ -583,6 +598,9 @@ func (l *loopState[T]) handed() {
 		}
 		l.startTick()
 		return
+	}
+	if l.cur != nil {
+		l.directRun++
 	}
 	v := l.pending[l.ph]
 	var zero T

@@ -99,3 +99,101 @@ func TestHoldThrottlesProducer(t *testing.T) {
 		}
 	}
 }
+
+// next's rule, when both a refill batch and pending messages wait (unordered): pending
+// first, every refillEvery-th from the refill batch; ordered: the refill batch first.
+func TestNextDirectFirstShare(t *testing.T) {
+	for _, ordered := range []bool{false, true} {
+		c := &Chan[string]{opts: defaults(), returnCh: make(chan *refill[string], refillPool)}
+		c.opts.ordered = ordered
+		l := &loopState[string]{c: c, tab: newTable[string](), tick: time.NewTicker(time.Hour), linger: time.NewTimer(time.Hour)}
+		l.cur = &refill[string]{msgs: msgs("r", 100), ids: make([]MsgID, 100)}
+		l.pending, l.pendAt = msgs("p", 100), make([]int64, 100)
+		refilled := 0
+		for range 10 * refillEvery {
+			if _, _, ok := l.next(); !ok {
+				t.Fatal("nothing to hand out")
+			}
+			if !l.fromPending {
+				refilled++
+			}
+			l.handed()
+		}
+		want := 10 // one in refillEvery
+		if ordered {
+			want = 10 * refillEvery // the backlog is older: all of it first
+		}
+		if refilled != want {
+			t.Errorf("ordered %v: %d of %d hand-outs from the refill batch, want %d", ordered, refilled, 10*refillEvery, want)
+		}
+		l.tick.Stop()
+		l.linger.Stop()
+	}
+}
+
+// A backlog on disk and a producer sending at full speed: new messages go to the consumer
+// first and the backlog drains beside them (TestNextDirectFirstShare checks the share);
+// everything arrives exactly once, and some of the backlog comes while the producer is
+// still sending.
+func TestDirectFirstWithBacklog(t *testing.T) {
+	const backlog, live = 5000, 40000
+	dir := t.TempDir()
+	src := make(chan string, 1024)
+	c := open(t, dir, src, WithBuffer(100))
+	old := msgs("old", backlog)
+	for _, m := range old {
+		src <- m
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().OnDisk < backlog-200 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // the consumer is not there yet: spilled
+	}
+	isOld := map[string]bool{}
+	for _, m := range old {
+		isOld[m] = true
+	}
+	fresh := msgs("new", live)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, m := range fresh {
+			src <- m
+		}
+		close(src)
+	}()
+	var got []string
+	oldWhileSending := 0
+	for {
+		v, ok, closed := recvString(c.Out(), 20*time.Second)
+		if closed {
+			break
+		}
+		if !ok {
+			t.Fatalf("nothing for 20s after %d messages; stats %+v", len(got), c.Stats())
+		}
+		got = append(got, v)
+		select {
+		case <-done:
+		default:
+			if isOld[v] {
+				oldWhileSending++
+			}
+		}
+	}
+	mustClose(t, c)
+	checkSame(t, "direct first", append(old, fresh...), got)
+	t.Logf("%d backlog messages delivered while the producer was still sending", oldWhileSending)
+	if oldWhileSending == 0 {
+		t.Errorf("no backlog message delivered while %d new ones were sent: the backlog starved", live)
+	}
+}
+
+// recvString receives from ch within d: ok false on timeout, closed true once ch is closed.
+func recvString(ch <-chan string, d time.Duration) (v string, ok, closed bool) {
+	select {
+	case v, ok := <-ch:
+		return v, ok, !ok
+	case <-time.After(d):
+		return "", false, false
+	}
+}
