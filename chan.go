@@ -6,7 +6,9 @@
 // about 16k messages a second, and would take what waits in src and in the pending batch
 // within the linger time) has the full pending batch held for it a millisecond at a time
 // while src still has room, instead of spending its CPU on compressing and reading back
-// what it takes a moment later; the producer is never slowed by it.
+// what it takes a moment later; the producer waits on it for one millisecond at most. In
+// unordered mode, new messages go to the consumer before the backlog read back from disk
+// (at least one in eight from the backlog while both wait).
 //
 // A message is done when the consumer received it from Out or, with WithAcks, acknowledged
 // it. On the graceful path (Close, then New on the same directory) every message taken from
@@ -439,11 +441,12 @@ const (
 
 // hold reports whether a full pending batch is to wait for the consumer a moment instead
 // of being written: the consumer takes messages fast enough that writing them and reading
-// them back would only cost it CPU. A hold never slows the producer and never keeps
-// messages from the disk for long:
-//   - it holds only while src has room (the producer is not waiting on the loop; src
-//     unbuffered: never), nothing is on disk or on its way there (a refill would go
-//     first), and not in write-ahead mode;
+// them back would only cost it CPU. A hold slows the producer by at most one window and
+// never keeps messages from the disk for long:
+//   - it holds only while src has room (src unbuffered: never; a producer that fills src
+//     during a window waits until the consumer's next take or the window's end, and ends
+//     the hold until the consumer has taken holdTake more), nothing is on disk or on its
+//     way there (a refill would go first), and not in write-ahead mode;
 //   - it lasts one hold window at a time, and goes on only if the consumer took at least
 //     holdTake messages in the last one and, at that pace, would take everything waiting
 //     in src and in the batch within the linger time;
@@ -456,6 +459,11 @@ const (
 func (l *loopState[T]) hold() bool {
 	c := l.c
 	half := uint64(min(c.batchCount()/2, holdTake))
+	if len(c.src) >= cap(c.src) && l.holdSince != 0 {
+		// The producer caught up with the hold: no holding again until the consumer has
+		// taken holdTake more.
+		l.slow, l.slowFloor = true, l.tab.floor
+	}
 	if c.opts.writeAhead || l.cur != nil || len(l.outq) > 0 || c.inflight.Load() > 0 || c.backlog.Load() ||
 		l.slow && l.tab.floor-l.slowFloor < half || len(c.src) >= cap(c.src) {
 		l.holdSince, l.holdC = 0, nil
@@ -552,8 +560,10 @@ func (l *loopState[T]) sentMem(v T) {
 
 // refillEvery: when both the refill batch and the pending batch have messages to hand
 // out (unordered mode), the pending ones go first, since they cost no disk round trip, but
-// every refillEvery-th delivery comes from the refill batch, so that the backlog drains
-// while new messages arrive.
+// at least one in refillEvery of the hand-outs next chooses comes from the refill batch, so
+// that the backlog drains while new messages arrive (messages take sends straight from src
+// when Out has room are not counted; once pending empties, the refill goes out back to
+// back).
 const refillEvery = 8
 
 // next returns the message to hand out next, if any, and notes where it comes from for
