@@ -173,7 +173,7 @@
 // Open loads only what reading needs at once: the cursor's segment, the one a front
 // segment resumes in, and the newest. The other segments' counts are read in the
 // background, so Open costs about the same whatever the backlog (BenchmarkOpenBacklog:
-// 0.35 ms, 1.25 ms and 3.3 ms to the first record with 100, 1000 and 3000 segments; 4, 35
+// 0.35 ms, 1.0 ms and 2.9 ms to the first record with 100, 1000 and 3000 segments; 4, 35
 // and 80 ms when every meta file was read first). The first record is read on its own
 // (see Reading), not with its whole segment file. Stats waits for that counting; Peek does
 // not.

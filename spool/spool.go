@@ -175,10 +175,14 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	// Refuse a foreign directory before creating anything in it (LOCK included).
-	names, err := readDirNames(dir)
-	if err != nil {
-		return nil, fmt.Errorf("spool: %w", err)
+	// Refuse a foreign directory before creating anything in it (LOCK included). The
+	// listing matters only without a FORMAT file (load lists the directory again under the
+	// lock): a spool with a large backlog is not listed twice.
+	var names []string
+	if _, err := os.Stat(filepath.Join(dir, formatName)); err != nil {
+		if names, err = readDirNames(dir); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
 	}
 	if err := checkFormat(dir, names, false, false); err != nil {
 		return nil, err
