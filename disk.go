@@ -195,10 +195,13 @@ type decodeJob[T any] struct {
 	result *decoded
 }
 
-// decoded is what a decoder could not deliver of a record.
+// decoded is what a decoder could not deliver of a record, with the errors to report once
+// the disk goroutine has counted them (a Close in between leaves them to the next session,
+// which decodes the record again: each is reported once).
 type decoded struct {
-	dropped []int // messages the codec refused
-	failed  bool  // the record could not be decoded at all
+	dropped []int   // messages the codec refused
+	errs    []error // their *DecodeError, by the index in dropped
+	failed  error   // the record could not be decoded at all
 }
 
 // diskState is what the disk goroutine owns.
@@ -694,17 +697,19 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 func (c *Chan[T]) decodedJob(d *diskState[T], j decodeJob[T]) {
 	b := j.b
 	var gone int64
-	if j.result.failed {
+	if j.result.failed != nil {
 		for i := range b.rec.count {
 			if d.tr.done(b.key.id(i)) {
 				gone++
 			}
 		}
 		c.st.update(func(s *Stats) { s.OnDisk -= gone; s.Dropped += gone; s.Corrupt++ })
+		c.rep.report(j.result.failed)
 	} else if len(j.result.dropped) > 0 {
-		for _, i := range j.result.dropped {
+		for k, i := range j.result.dropped {
 			if d.tr.done(b.key.id(i)) {
 				gone++
+				c.rep.report(j.result.errs[k])
 			}
 		}
 		c.st.update(func(s *Stats) { s.OnDisk -= gone; s.Dropped += gone })
@@ -748,8 +753,7 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 	batch, err := r.Decode(j.data)
 	if err != nil {
 		// The spool checked the CRC, so this is a bug or memory damage: report and skip.
-		res.failed = true
-		c.rep.report(&CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Offset: int64(b.key.index), Err: err})
+		res.failed = &CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Offset: int64(b.key.index), Err: err}
 		out <- j
 		return
 	}
@@ -760,7 +764,7 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 		v, err := c.codec.Decode(batch.Message(i))
 		if err != nil {
 			res.dropped = append(res.dropped, i)
-			c.rep.report(&DecodeError{
+			res.errs = append(res.errs, &DecodeError{
 				Segment: fmt.Sprintf("%020d", b.key.seg), Index: b.key.index, Message: i,
 				Raw: append([]byte(nil), batch.Message(i)...), Err: err})
 			continue
