@@ -1085,6 +1085,20 @@ func TestAckStatsIdentity(t *testing.T) {
 	akMustClose(t, c2)
 }
 
+// akRecvAckSome receives the i-th delivery and acknowledges it if i%5 < 2 (two in five).
+func akRecvAckSome(t *testing.T, c *Chan[string], i int) {
+	t.Helper()
+	d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
+	if !ok {
+		t.Fatal("no delivery")
+	}
+	if i%5 < 2 {
+		if err := c.Ack(d.Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // Redelivered counts the deliveries of messages that an earlier Chan delivered and that
 // were not acknowledged then: from memory (stored at Close), from disk, and written while
 // they waited.
@@ -1099,15 +1113,7 @@ func TestAckRedeliveredAfterRestart(t *testing.T) {
 			c := open(t, dir, src, WithAcks(100), WithBuffer(0), WithLinger(time.Hour))
 			for i := range 50 {
 				akSend(t, src, akMsg("r", i), 5*time.Second)
-				d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-				if !ok {
-					t.Fatal("no delivery")
-				}
-				if i%5 < 2 {
-					if err := c.Ack(d.Seq); err != nil {
-						t.Fatal(err)
-					}
-				}
+				akRecvAckSome(t, c, i)
 			}
 			akMustClose(t, c)
 			return 30
@@ -1117,15 +1123,7 @@ func TestAckRedeliveredAfterRestart(t *testing.T) {
 			c := open(t, dir, src, WithAcks(100), WithBuffer(0), WithLinger(10*time.Millisecond))
 			for i := range 50 {
 				akSend(t, src, akMsg("r", i), 5*time.Second)
-				d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-				if !ok {
-					t.Fatal("no delivery")
-				}
-				if i%5 < 2 {
-					if err := c.Ack(d.Seq); err != nil {
-						t.Fatal(err)
-					}
-				}
+				akRecvAckSome(t, c, i)
 			}
 			waitStats(t, c, 5*time.Second, "the held deliveries to be written", func(s Stats) bool { return s.InMemory == 0 })
 			akMustClose(t, c)
@@ -1143,15 +1141,7 @@ func TestAckRedeliveredAfterRestart(t *testing.T) {
 			src = make(chan string)
 			c = open(t, dir, src, WithAcks(100), WithBuffer(0))
 			for i := range 100 {
-				d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-				if !ok {
-					t.Fatal("no delivery")
-				}
-				if i%5 < 2 {
-					if err := c.Ack(d.Seq); err != nil {
-						t.Fatal(err)
-					}
-				}
+				akRecvAckSome(t, c, i)
 			}
 			time.Sleep(50 * time.Millisecond) // the reader reads ahead meanwhile
 			akMustClose(t, c)
