@@ -571,20 +571,12 @@ func childMain(mode string) int {
 // random options: every message sent is delivered exactly once, and with WithOrdered in
 // src order. Set PELICHAN_SEED to replay a run.
 func TestPropertyRandomInterleavings(t *testing.T) {
-	seed := time.Now().UnixNano()
-	if s := os.Getenv("PELICHAN_SEED"); s != "" {
-		v, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			t.Fatalf("PELICHAN_SEED: %v", err)
-		}
-		seed = v
-	}
+	seed := akSeed(t)
 	t.Run("unordered", func(t *testing.T) { propertyRun(t, seed, false) })
 	t.Run("ordered", func(t *testing.T) { propertyRun(t, seed, true) })
 }
 
 func propertyRun(t *testing.T, seed int64, ordered bool) {
-	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 0x9e3779b97f4a7c15))
 	dir := t.TempDir()
 

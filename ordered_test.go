@@ -2,7 +2,6 @@ package pelichan
 
 import (
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -12,15 +11,7 @@ import (
 // graceful restarts in the middle of spills and refills, Out yields src's order exactly.
 func TestOrderedFIFOAcrossRestarts(t *testing.T) {
 	const n = 200_000
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("PELICHAN_SEED"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("PELICHAN_SEED: %v", err)
-		}
-		seed = n
-	}
-	t.Logf("seed %d (replay with PELICHAN_SEED=%d)", seed, seed)
+	seed := uint64(akSeed(t))
 	r := rand.New(rand.NewPCG(seed, 1))
 	dir := t.TempDir()
 	src := make(chan string, 64)
