@@ -275,7 +275,6 @@ func TestInterleaveAcksCloseMidInterleave(t *testing.T) {
 			if closed || !ok {
 				t.Fatalf("trial %d: no delivery; %+v", trial, c.Stats())
 			}
-			seen[d.Msg]++
 			if rng.Intn(4) != 0 {
 				if err := c.Ack(d.Seq); err != nil {
 					t.Fatalf("Ack: %v", err)
@@ -288,7 +287,9 @@ func TestInterleaveAcksCloseMidInterleave(t *testing.T) {
 			for len(unacked) > 0 && d.Seq-unacked[0].Seq >= uint64(8+trial*5)/2 {
 				d := unacked[0]
 				unacked = unacked[1:]
-				c.Ack(d.Seq)
+				if err := c.Ack(d.Seq); err != nil {
+					t.Fatalf("Ack: %v", err)
+				}
 				acked[d.Msg] = true
 			}
 		}
@@ -318,8 +319,8 @@ func TestInterleaveAcksCloseMidInterleave(t *testing.T) {
 			seen[d.Msg]++
 		}
 		mu.Lock()
-		for _, m := range sent {
-			if seen[m] == 0 {
+		for _, m := range sent { // acknowledged before Close, or delivered after it
+			if !acked[m] && seen[m] == 0 {
 				t.Errorf("trial %d: %q lost", trial, m[:12])
 				break
 			}
@@ -608,6 +609,7 @@ func TestInterleaveWriteAheadNeverPending(t *testing.T) {
 	}()
 	seen := map[string]int{}
 	acked := map[string]bool{}
+	var out []string // delivered and not acknowledged
 	for k := 0; k < 3000; k++ {
 		d, ok, _ := akRecv(c.Deliveries(), 3*time.Second)
 		if !ok {
@@ -616,13 +618,21 @@ func TestInterleaveWriteAheadNeverPending(t *testing.T) {
 		if d.ID.IsZero() {
 			t.Fatalf("write-ahead delivery %d without an ID: handed out from the pending batch", d.Seq)
 		}
-		seen[d.Msg]++
-		if k%5 != 0 {
-			c.Ack(d.Seq)
-			acked[d.Msg] = true
-		}
-		if k%5 == 4 {
-			c.AckThrough(d.Seq)
+		switch k % 5 {
+		case 0:
+			out = append(out, d.Msg)
+		case 4: // everything so far
+			if err := c.AckThrough(d.Seq); err != nil {
+				t.Fatalf("AckThrough(%d): %v", d.Seq, err)
+			}
+			for _, m := range append(out, d.Msg) {
+				acked[m] = true
+			}
+			out = out[:0]
+		default:
+			if err := c.Ack(d.Seq); err != nil {
+				t.Fatalf("Ack(%d): %v", d.Seq, err)
+			}
 			acked[d.Msg] = true
 		}
 	}
@@ -642,10 +652,13 @@ func TestInterleaveWriteAheadNeverPending(t *testing.T) {
 	akWithin(t, 10*time.Second, "drain", func() { got2 = akDrainAcked(t, c2, 5*time.Second) })
 	akMustClose(t, c2)
 	for _, d := range got2 {
+		if acked[d.Msg] {
+			t.Fatalf("%q acknowledged before Close, delivered again", d.Msg[:10])
+		}
 		seen[d.Msg]++
 	}
-	for _, m := range sent {
-		if seen[m] == 0 {
+	for _, m := range sent { // acknowledged before Close, or delivered after it
+		if !acked[m] && seen[m] == 0 {
 			t.Fatalf("%q lost", m[:10])
 		}
 	}

@@ -87,7 +87,7 @@ func TestOptionsInvalid(t *testing.T) {
 		t.Fatal("accepted")
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
-		t.Logf("New refused an option but left %d entries in the directory", len(ents))
+		t.Errorf("New refused an option but left %d entries in the directory", len(ents))
 	}
 }
 
