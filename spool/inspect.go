@@ -83,7 +83,7 @@ type CursorInfo struct {
 	Index   uint64 `json:"index"`   // byte offset of the record's framing in the segment's WAL file (see Cursor)
 	Offset  uint32 `json:"offset"`  // messages of that record already delivered
 	// What the cursor file holds besides the position, when State is "ok": its format
-	// version (1 to 3; the position of versions 1 and 2 is an entry index, shown here as
+	// version (1 to 4; the position of versions 1 and 2 is an entry index, shown here as
 	// the offset Open translates it into); from version 2, the highest and lowest segment numbers ever used
 	// (new segments are numbered above High, front segments below Low) and the length of
 	// the owner's extra bytes (Spool.SetExtra).

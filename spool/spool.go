@@ -98,7 +98,7 @@ func (sg *seg) name() string { return fmt.Sprintf("%020d", sg.seq) }
 // Record is one record returned by Next.
 type Record struct {
 	Pos  Cursor // Pos.Index: the record's byte offset; Pos.Offset: messages of it already delivered; skip them
-	Data []byte // valid until the next call on the Spool
+	Data []byte // a buffer of its own (never reused): valid as long as it is referenced
 	segment.Header
 }
 

@@ -57,7 +57,9 @@ func (s *Spool) streamNext(sg *seg) (Record, streamStep) {
 		} else if _, _, _, r := s.recordAt(sg, s.rfrom); r != streamRecord {
 			// Ack's form off+1 (the record at off delivered whole): go on after that record.
 			if _, n, _, r := s.recordAt(sg, s.rfrom-1); r == streamRecord {
-				st.next = s.rfrom - 1 + uint64(n)
+				// That record was the last one read (before sealing, or before a restart): the
+				// end check below compares with it.
+				st.next, st.last = s.rfrom-1+uint64(n), s.rfrom
 			}
 		}
 	}

@@ -73,21 +73,34 @@ func TestCursorDeliveredCountClamped(t *testing.T) {
 	bs := batches("hc", 6, 4)
 	dir := t.TempDir()
 	writeSpool(t, dir, opts, bs)
+	s := mustOpen(t, dir, opts)
+	done := readN(t, s, 2) // the cursor inside the first segment, past its start
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 	cf, _, err := readCursorPath(filepath.Join(dir, cursorName))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cf.pos.Index == 0 || cf.delivered != uint64(len(done)) {
+		t.Fatalf("cursor %+v delivered %d: want a position past the segment's start, %d delivered", cf.pos, cf.delivered, len(done))
 	}
 	cf.delivered = 1 << 60
 	if err := os.WriteFile(filepath.Join(dir, cursorName), encodeCursor(cf), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	s := mustOpen(t, dir, opts)
+	s = mustOpen(t, dir, opts)
 	defer s.Close()
 	if u := s.Stats().Undelivered; u < 0 {
-		t.Errorf("Undelivered %d", u)
+		t.Errorf("Undelivered %d after Open", u)
 	}
-	if got := drain(t, s); !slices.Equal(got, flatten(bs)) {
-		t.Errorf("delivered %d messages, want %d", len(got), len(flatten(bs)))
+	got := readN(t, s, 1)
+	if u := s.Stats().Undelivered; u < 0 {
+		t.Errorf("Undelivered %d after one record", u)
+	}
+	got = append(got, drain(t, s)...)
+	if want := flatten(bs)[len(done):]; !slices.Equal(got, want) {
+		t.Errorf("delivered %d messages, want the %d after the cursor", len(got), len(want))
 	}
 	if u := s.Stats().Undelivered; u != 0 {
 		t.Errorf("Undelivered %d after draining", u)
