@@ -176,6 +176,9 @@ func TestCloseAtCapReturns(t *testing.T) {
 				}
 				got, _ := clReopen(t, dir, acks, WithMaxDiskBytes(96<<10), WithSegmentSize(32<<10))
 				clNoDup(t, "after the restart", got)
+				if after.Received != p.sent.Load() {
+					t.Errorf("received %d, the producer sent %d", after.Received, p.sent.Load())
+				}
 				if int64(len(got))+after.Dropped != after.Received {
 					t.Errorf("after the restart: delivered %d + dropped %d != received %d", len(got), after.Dropped, after.Received)
 				}
@@ -250,6 +253,9 @@ func TestCloseErrorHandlerCallsStatsOrClose(t *testing.T) {
 				}
 				got, _ := clReopen(t, dir, acks)
 				clNoDup(t, "after the restart", got)
+				if s.Received != p.sent.Load() {
+					t.Errorf("received %d, the producer sent %d", s.Received, p.sent.Load())
+				}
 				if int64(len(got))+s.Dropped != s.Received {
 					t.Errorf("after the restart: delivered %d + dropped %d != received %d", len(got), s.Dropped, s.Received)
 				}
@@ -389,6 +395,9 @@ func TestCloseOnFullTmpfs(t *testing.T) {
 			got, s2 := clReopen(t, dir, tc.acks)
 			t.Logf("after the restart: %d delivered; %+v", len(got), s2)
 			clNoDup(t, "after the restart", got)
+			if s.Received != p.sent.Load() {
+				t.Errorf("received %d, the producer sent %d", s.Received, p.sent.Load())
+			}
 			if int64(len(got))+s.Dropped != s.Received {
 				t.Errorf("after the restart: delivered %d + dropped %d (of them %d reported by Close) != received %d: %d lost silently",
 					len(got), s.Dropped, lost, s.Received, s.Received-s.Dropped-int64(len(got)))
