@@ -80,7 +80,7 @@ type Chan[T any] struct {
 	finishCh chan finishReq[T]
 
 	avgSize  atomic.Int64 // average encoded message size seen by the compressors
-	inflight atomic.Int64 // batches sent to the compressors and not yet through the disk goroutine
+	inflight atomic.Int64 // batches sent to the compressors, and Store messages, not yet through the disk goroutine
 	backlog  atomic.Bool  // the disk goroutine holds stored messages not yet handed to the loop
 }
 
@@ -328,7 +328,9 @@ func (c *Chan[T]) Stats() Stats {
 // Store writes v to the spool, to be delivered later like any stored message (a consumer
 // giving back a message it could not send). It returns once v is written (and fsynced
 // under SyncAlways), an error if it could not be (then v is not stored and not counted:
-// the caller still has it), and ErrClosed after Close. Store is not held back by the disk
+// the caller still has it), and ErrClosed after Close. The one exception: an error
+// wrapping ErrNotSynced says v was written but its fsync failed (SyncAlways): v is stored
+// and counted, and storing it again would deliver it twice. Store is not held back by the disk
 // cap (WithMaxDiskBytes) or queued behind spilled batches: at the cap, only the consumer
 // frees space, so a consumer giving a message back must not wait for it. On a full disk it
 // fails with an error wrapping ErrFull. v counts in Stats.Received.
@@ -1006,6 +1008,7 @@ func (l *loopState[T]) request(r request[T]) {
 		l.delta.Received++
 		l.delta.InMemory++
 		l.stores = append(l.stores, r)
+		l.c.inflight.Add(1) // on its way to disk: finished waits for it (storeOne)
 		return
 	}
 	l.flush()

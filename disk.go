@@ -479,9 +479,11 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 }
 
 // storeOne writes a message given to Store, past the disk cap (a consumer giving a message
-// back must not wait for space only it frees). On error it is not stored, and not counted:
-// the caller still has it.
+// back must not wait for space only it frees). If it could not be written it is not
+// counted: the caller still has it. Written but not fsynced (SyncAlways) it counts as
+// stored, and the error says so: storing it again would deliver it twice.
 func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
+	defer c.inflight.Add(-1) // after backlog is set: the loop's finished must not miss it
 	fail := func(err error) {
 		c.st.update(func(s *Stats) { s.Received--; s.InMemory-- })
 		r.reply <- fmt.Errorf("pelichan: store: %w", err)
@@ -507,13 +509,15 @@ func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
 	d.dirtyAt = time.Now().UnixNano()
 	d.lag = true
 	c.backlog.Store(true)
+	var syncErr error
 	if c.opts.sync.always {
-		if err := c.syncErr(d, false); err != nil {
-			fail(err)
-			return
-		}
+		syncErr = c.syncErr(d, false)
 	}
 	c.st.disk(c.peek(d), func(s *Stats) { s.Spilled++; s.InMemory--; s.OnDisk++ })
+	if syncErr != nil {
+		r.reply <- fmt.Errorf("pelichan: store: %w (do not store it again): %w", ErrNotSynced, syncErr)
+		return
+	}
 	r.reply <- nil
 }
 

@@ -36,6 +36,9 @@ var (
 	// ErrMode: a call that does not fit the Chan's mode (Out with WithAcks, Deliveries or
 	// Ack without it).
 	ErrMode = errors.New("pelichan: wrong mode")
+	// ErrNotSynced: Store wrote the message, but under SyncAlways its fsync failed. It is
+	// stored (and counted): storing it again would deliver it twice.
+	ErrNotSynced = errors.New("pelichan: written, not fsynced")
 )
 
 // CorruptionError says where damaged data was found; it wraps ErrCorrupt.

@@ -279,3 +279,31 @@ func TestRegressionPreDoneInLateSegments(t *testing.T) {
 		t.Errorf("session 3: OnDisk %d after the drain, want 0; %+v", s.OnDisk, s)
 	}
 }
+
+// Store right before src closes: the stored message is delivered before Out closes (the
+// loop could see src closed and nothing in flight before the disk goroutine had written
+// it, and close Out with it on disk until the next New).
+func TestRegressionStoreRacesSrcClose(t *testing.T) {
+	for trial := range 50 {
+		dir := t.TempDir()
+		src := make(chan string)
+		c := open(t, dir, src)
+		akSend(t, src, "first", 5*time.Second)
+		v, ok, _ := recvString(c.Out(), 5*time.Second)
+		if !ok || v != "first" {
+			t.Fatalf("trial %d: got %q, %v", trial, v, ok)
+		}
+		if err := c.Store("given back"); err != nil {
+			t.Fatal(err)
+		}
+		close(src)
+		got, closed := drain(c.Out(), 5*time.Second)
+		if !closed {
+			t.Fatalf("trial %d: Out not closed", trial)
+		}
+		if len(got) != 1 || got[0] != "given back" {
+			t.Fatalf("trial %d: after src closed, Out gave %q before closing, want the stored message", trial, got)
+		}
+		akMustClose(t, c)
+	}
+}
