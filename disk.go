@@ -17,18 +17,10 @@ import (
 
 // encoded is a compressed record on its way from a compressor to the disk goroutine.
 type encoded[T any] struct {
-	rec   []byte // nil for the end of a batch that produced no more records
-	n     int    // messages in rec
-	b     *batch[T]
-	last  bool       // the last record of its batch
-	reply chan error // if not nil, told when the disk goroutine is done with rec (only if rec != nil)
-}
-
-// done tells the encoder, if it waits, that the disk goroutine is done with e.rec.
-func (e encoded[T]) done(err error) {
-	if e.reply != nil {
-		e.reply <- err
-	}
+	rec  []byte // nil for the end of a batch that produced no more records
+	n    int    // messages in rec
+	b    *batch[T]
+	last bool // the last record of its batch
 }
 
 // compress turns batches into records until writeCh is closed. Each compressor owns one
@@ -77,7 +69,7 @@ const idleRelease = time.Second
 func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 	// Behind: more batches on their way than compressors to take them.
 	behind := c.inflight.Load() > int64(c.compressors())
-	c.encodeBatch(w, b, behind, nil, func(e encoded[T]) {
+	c.encodeBatch(w, b, behind, func(e encoded[T]) {
 		if e.rec != nil {
 			// A copy, so the compressor goes on with w while the disk goroutine appends
 			// (it would otherwise wait for every append: a record is a few KiB).
@@ -90,7 +82,7 @@ func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 // encodeBatch encodes b into records with w and hands each, and the end of the batch, to
 // send. Messages the codec refuses are counted and reported. A pooled spill batch goes
 // back to the pool before its last send: nobody needs its messages after encoding.
-func (c *Chan[T]) encodeBatch(w *segment.Writer, b *batch[T], behind bool, reply chan error, send func(encoded[T])) {
+func (c *Chan[T]) encodeBatch(w *segment.Writer, b *batch[T], behind bool, send func(encoded[T])) {
 	w.Reset()
 	w.SetCompression(c.compression(behind))
 	w.SetTime(time.Now().UnixNano())
@@ -99,7 +91,7 @@ func (c *Chan[T]) encodeBatch(w *segment.Writer, b *batch[T], behind bool, reply
 		if n == 0 && !last {
 			return
 		}
-		e := encoded[T]{n: n, b: b, last: last, reply: reply}
+		e := encoded[T]{n: n, b: b, last: last}
 		if n > 0 {
 			c.avgSize.Store(int64(w.Size()/n) - 4)
 			e.rec = w.Record()
@@ -433,7 +425,6 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
 			c.rep.report(fmt.Errorf("%w: %d messages dropped (drop-newest)", err, e.n))
 			b.recs = append(b.recs, storedRec{n: e.n}) // no place: no IDs
-			e.done(nil)
 			err, e.rec = nil, nil
 		}
 		if err != nil {
@@ -469,7 +460,6 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 					s.OnDisk += n
 				}
 			})
-			e.done(nil)
 		}
 	}
 	if e.last {
@@ -537,7 +527,6 @@ func (c *Chan[T]) giveUp(d *diskState[T], e encoded[T], err error) {
 			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
 		}
 		c.rep.report(err)
-		e.done(err)
 	}
 	if e.last {
 		c.complete(d, b)
@@ -918,14 +907,7 @@ func (c *Chan[T]) settleShadow(d *diskState[T], b *batch[T], done map[uint64]boo
 
 // storeNow encodes and stores b on the disk goroutine itself (at Close).
 func (c *Chan[T]) storeNow(d *diskState[T], w *segment.Writer, b *batch[T], put func(encoded[T])) {
-	reply := make(chan error, 1)
-	c.encodeBatch(w, b, false, reply, func(e encoded[T]) {
-		put(e)
-		select {
-		case <-reply: // answered on the spot: nobody waits on it
-		default:
-		}
-	})
+	c.encodeBatch(w, b, false, put)
 }
 
 // append writes one record within the disk cap. At the cap, or on a full disk, the
