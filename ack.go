@@ -53,20 +53,24 @@ func (a *ackBox) ack(lo, hi uint64, through bool) error {
 	// at most the last one offered less those in the buffer. The one being offered may have
 	// been taken a moment before the loop records it as sent: give the loop that moment,
 	// else it was not received (a guess).
+	// inTransit: hi is the delivery being offered: taken or not, only the loop can say.
+	inTransit := func() bool {
+		h, o := a.hi.Load(), a.offered.Load()
+		return hi == o && o > h
+	}
+	if inTransit() {
+		for i, deadline := 0, time.Now().Add(100*time.Millisecond); inTransit() && time.Now().Before(deadline); i++ {
+			if i < 100 {
+				runtime.Gosched()
+			} else {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	}
 	received := func() bool {
 		n := uint64(a.inBuf())
 		h, o := a.hi.Load(), a.offered.Load()
-		if hi == o && o > h {
-			return false // taken or not: wait for the loop to say
-		}
-		return hi+n <= max(h, o)
-	}
-	for i, deadline := 0, time.Now().Add(100*time.Millisecond); !received() && time.Now().Before(deadline); i++ {
-		if i < 100 {
-			runtime.Gosched()
-		} else {
-			time.Sleep(100 * time.Microsecond)
-		}
+		return !(hi == o && o > h) && hi+n <= max(h, o)
 	}
 	a.mu.Lock()
 	if a.closed {

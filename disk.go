@@ -925,7 +925,7 @@ func (c *Chan[T]) appendAt(d *diskState[T], rec []byte, lift bool) (spool.Cursor
 		// At Close the cap is lifted: what was in memory is stored rather than lost.
 		if c.opts.maxDisk > 0 && !lift {
 			if used := d.sp.Peek().DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {
-				err = fmt.Errorf("%w: %d bytes on disk, the cap is %d", ErrFull, used, c.opts.maxDisk)
+				err = fmt.Errorf("%w: %d bytes on disk, the cap (WithMaxDiskBytes) is %d", ErrFull, used, c.opts.maxDisk)
 			}
 		}
 		if err == nil {
