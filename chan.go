@@ -1060,6 +1060,10 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 		for _, r := range l.syncs {
 			r.reply <- ErrClosed
 		}
+	} else {
+		for _, r := range l.syncs {
+			r.reply <- nil // src closed and every message done: nothing left to write
+		}
 	}
 	req.done, req.stores = l.doneIDs, l.stores
 	if l.cur != nil && l.ci > 0 {

@@ -873,7 +873,12 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
 	}
 	c.st.disk(c.peek(d), nil)
-	return errors.Join(append(d.closeErr, errs...)...)
+	err := errors.Join(append(d.closeErr, errs...)...)
+	for _, r := range d.syncs {
+		r.reply <- err // everything is written, and fsynced by the spool's Close
+	}
+	d.syncs = nil
+	return err
 }
 
 // settleShadow, at Close, does what the loop would have done with a shadow batch's IDs.
