@@ -277,10 +277,8 @@ func (s *Spool) checkpoint() error {
 // deliveredAt returns how many messages of segment c.Seg lie before c, as the reader
 // counted them (unknownDelivered when c.Seg is not present).
 func (s *Spool) deliveredAt(c Cursor) uint64 {
-	for _, sg := range s.segs {
-		if sg.seq == c.Seg {
-			return sg.delivered
-		}
+	if sg := s.segAt(c.Seg); sg != nil {
+		return sg.delivered
 	}
 	return unknownDelivered
 }

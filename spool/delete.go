@@ -91,12 +91,7 @@ func (s *Spool) collect() error {
 		if err != nil {
 			return fmt.Errorf("spool: delete consumed segment %s: %w", sg.name(), err)
 		}
-		s.segs = s.segs[1:]
-		s.st.DiskBytes -= sg.size
-		if sg.meta.messages > sg.delivered {
-			// Messages of damaged records, which can never be delivered.
-			s.st.Undelivered -= int64(sg.meta.messages - sg.delivered)
-		}
+		s.dropSeg(sg) // what it still counts undelivered (damaged records) goes with it
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -286,15 +287,13 @@ func (s *Spool) Close() error {
 }
 
 // Has reports whether segment seq is in the spool.
-func (s *Spool) Has(seq uint64) bool {
-	_, ok := slices.BinarySearchFunc(s.segs, seq, func(sg *seg, seq uint64) int {
-		switch {
-		case sg.seq < seq:
-			return -1
-		case sg.seq > seq:
-			return 1
-		}
-		return 0
-	})
-	return ok
+func (s *Spool) Has(seq uint64) bool { return s.segAt(seq) != nil }
+
+// segAt returns segment seq, nil if it is not in the spool.
+func (s *Spool) segAt(seq uint64) *seg {
+	i, ok := slices.BinarySearchFunc(s.segs, seq, func(sg *seg, seq uint64) int { return cmp.Compare(sg.seq, seq) })
+	if !ok {
+		return nil
+	}
+	return s.segs[i]
 }
