@@ -340,7 +340,9 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 			d.srcDone, srcDone = true, nil
 		case <-countedC:
 			countedC = nil
-			c.lateCounts(d)
+			ss := d.sp.Stats() // every count is in
+			ss.BytesRead -= d.skipped
+			c.lateCounts(d, ss)
 			close(c.counted)
 		case <-syncC:
 			c.sync(d)
@@ -384,10 +386,9 @@ func recCRC(rec []byte) uint32 {
 	return binary.LittleEndian.Uint32(rec[20:24])
 }
 
-// lateCounts adds to OnDisk the messages of segments the spool counted after Open.
-func (c *Chan[T]) lateCounts(d *diskState[T]) {
-	ss := d.sp.Stats()
-	ss.BytesRead -= d.skipped
+// lateCounts adds to OnDisk the messages of segments the spool counted after Open, as
+// ss (its Stats or Peek, less what was skipped) says.
+func (c *Chan[T]) lateCounts(d *diskState[T], ss spool.Stats) {
 	n := d.addStored(ss.Late - d.late)
 	d.late = ss.Late
 	c.st.disk(ss, func(s *Stats) { s.OnDisk += n })
@@ -678,10 +679,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		d.jobs <- decodeJob[T]{b: b, data: rec.Data, done: done} // never blocks: capacity refillPool
 	}
 	if read {
-		ss := c.peek(d)
-		n := d.addStored(ss.Late - d.late)
-		d.late = ss.Late
-		c.st.disk(ss, func(s *Stats) { s.OnDisk += n })
+		c.lateCounts(d, c.peek(d))
 	}
 }
 

@@ -214,15 +214,7 @@ func (t *tracker) insert(r *recState) {
 		t.recs = append(t.recs, r)
 		return
 	}
-	i, _ := slices.BinarySearchFunc(t.recs, r.key, func(a *recState, k recKey) int {
-		switch {
-		case a.key.less(k):
-			return -1
-		case k.less(a.key):
-			return 1
-		}
-		return 0
-	})
+	i, _ := slices.BinarySearchFunc(t.recs, r.key, func(a *recState, k recKey) int { return cmpKey(a.key, k) })
 	t.recs = slices.Insert(t.recs, i, r)
 }
 
@@ -230,15 +222,7 @@ func (t *tracker) find(k recKey) *recState {
 	if r, ok := t.ahead[k]; ok {
 		return r
 	}
-	i, ok := slices.BinarySearchFunc(t.recs, k, func(a *recState, k recKey) int {
-		switch {
-		case a.key.less(k):
-			return -1
-		case k.less(a.key):
-			return 1
-		}
-		return 0
-	})
+	i, ok := slices.BinarySearchFunc(t.recs, k, func(a *recState, k recKey) int { return cmpKey(a.key, k) })
 	if ok {
 		return t.recs[i]
 	}
