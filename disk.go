@@ -182,8 +182,8 @@ const (
 // decodeJob is one record for a decoder to turn into b.
 type decodeJob[T any] struct {
 	b      *refill[T]
-	data   []byte   // the record: the spool's buffers stay valid while referenced
-	done   []uint64 // messages done already, as a bitmap (nil: none)
+	rec    spool.Record // its Data valid until the disk goroutine releases it (decodedJob)
+	done   []uint64     // messages done already, as a bitmap (nil: none)
 	result *decoded
 }
 
@@ -659,6 +659,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		}
 		if skip {
 			d.skipped += int64(len(rec.Data))
+			d.sp.Release(rec)
 			continue
 		}
 		if len(d.free) == 0 {
@@ -676,7 +677,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		if rs.bits != nil {
 			done = append(done, rs.bits...)
 		}
-		d.jobs <- decodeJob[T]{b: b, data: rec.Data, done: done} // never blocks: capacity refillPool
+		d.jobs <- decodeJob[T]{b: b, rec: rec, done: done} // never blocks: capacity refillPool
 	}
 	if read {
 		c.lateCounts(d, c.peek(d))
@@ -686,6 +687,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 // decodedJob takes a decoded record: what could not be decoded is done (dropped); the rest
 // goes to the loop in order.
 func (c *Chan[T]) decodedJob(d *diskState[T], j decodeJob[T]) {
+	d.sp.Release(j.rec) // the decoder is done with it; nothing else refers to it
 	b := j.b
 	var gone int64
 	if j.result.failed != nil {
@@ -741,7 +743,7 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 	res := &decoded{}
 	j.result = res
 	b.msgs, b.ids = b.msgs[:0], b.ids[:0]
-	batch, err := r.Decode(j.data)
+	batch, err := r.Decode(j.rec.Data)
 	if err != nil {
 		// The spool checked the CRC, so this is a bug or memory damage: report and skip.
 		res.failed = &CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Offset: int64(b.key.index), Err: err}

@@ -125,7 +125,7 @@ func (s *Spool) loadReader(sg *seg) error {
 		s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
 	}
 	s.rbuf, s.rents, s.rpos = buf, ents, 0
-	s.rs = stream{}
+	s.resetStream()
 	if ents == nil {
 		s.rents = []entry{}
 	}
@@ -208,7 +208,7 @@ func (s *Spool) nextSeg(seq uint64) {
 		}
 	}
 	s.rseg, s.rents, s.rbuf, s.rpos, s.rfrom, s.rskip = nil, nil, nil, 0, 0, 0
-	s.rs = stream{}
+	s.resetStream()
 	for _, sg := range s.segs {
 		if sg.seq > seq {
 			s.rseg = sg

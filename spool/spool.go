@@ -99,8 +99,10 @@ func (sg *seg) name() string { return fmt.Sprintf("%020d", sg.seq) }
 // Record is one record returned by Next.
 type Record struct {
 	Pos  Cursor // Pos.Index: the record's byte offset; Pos.Offset: messages of it already delivered; skip them
-	Data []byte // a buffer of its own (never reused): valid as long as it is referenced
+	Data []byte // valid until the record is released (Release), or as long as it is referenced if it never is
 	segment.Header
+
+	ck *chunk // the buffer Data is in, when it may be reused
 }
 
 // Stats describe the spool's disk state.
@@ -139,6 +141,7 @@ type Spool struct {
 	rpos  int     // next element of rents
 	rbuf  []byte
 	rs    stream    // rseg read record by record (before, or instead of, rents)
+	free  []*chunk  // chunk buffers to reuse (see Release)
 	unack []readRec // records returned by Next, in order, not yet acknowledged
 
 	// The cursor file: what the next Checkpoint writes besides acked, and what the file
@@ -281,7 +284,9 @@ func (s *Spool) Close() error {
 	s.bg.Wait()
 	errs = append(errs, s.sealErr(), s.collect(), s.Checkpoint())
 	s.closed = true
-	s.rbuf, s.rents, s.rs = nil, nil, stream{}
+	s.rbuf, s.rents = nil, nil
+	s.resetStream()
+	s.free = nil
 	errs = append(errs, s.lock.Close())
 	return errors.Join(errs...)
 }

@@ -126,7 +126,8 @@ func (s *Spool) startSegment() error {
 	s.segs = append(s.segs, sg)
 	if s.rseg == nil {
 		// The reader has read every older segment: this one is where it goes on.
-		s.rseg, s.rfrom, s.rskip, s.rs = sg, 0, 0, stream{}
+		s.rseg, s.rfrom, s.rskip = sg, 0, 0
+		s.resetStream()
 	}
 	return nil
 }

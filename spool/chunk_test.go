@@ -1,0 +1,98 @@
+package spool
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/pelichan/pelichan/segment"
+)
+
+// bigBatches returns n batches of hard-to-compress messages, about 20 KiB of record each,
+// so that a 1 MiB segment takes several of the reader's 256 KiB chunks.
+func bigBatches(n int) [][]string {
+	rng := rand.New(rand.NewPCG(1, 2))
+	out := make([][]string, n)
+	for i := range out {
+		for j := range 20 {
+			b := make([]byte, 1000)
+			for k := range b {
+				b[k] = byte('a' + rng.IntN(26))
+			}
+			out[i] = append(out[i], fmt.Sprintf("%04d-%02d-%s", i, j, b))
+		}
+	}
+	return out
+}
+
+// Released records give their chunk buffers back for later reads, and a record that is
+// not released keeps its bytes whatever is read after it: every record kept is checked
+// (its bytes, CRC and messages) after the whole spool has been read.
+func TestStreamChunksReused(t *testing.T) {
+	opts := Options{SegmentSize: 1 << 20, NoSync: true}
+	bs := bigBatches(200) // about 4 MiB: four sealed segments
+	for _, keepEvery := range []int{0, 2, 7} {
+		t.Run(fmt.Sprintf("keep=%d", keepEvery), func(t *testing.T) {
+			dir := t.TempDir()
+			writeSpool(t, dir, opts, bs)
+			s := mustOpen(t, dir, opts)
+			defer s.Close()
+			type held struct {
+				r    Record
+				data []byte // a copy of Data when it was returned
+				i    int
+			}
+			var kept []held
+			bufs := map[*chunk]bool{} // the chunk buffers records came from
+			bytesRead, n := 0, 0
+			for ; ; n++ {
+				r, err := s.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.ck != nil {
+					bufs[r.ck] = true
+				}
+				bytesRead += len(r.Data)
+				if keepEvery > 0 && n%keepEvery == 0 {
+					kept = append(kept, held{r, bytes.Clone(r.Data), n})
+				} else {
+					s.Release(r)
+				}
+				if err := s.Ack(Cursor{Seg: r.Pos.Seg, Index: r.Pos.Index + 1}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n != len(bs) {
+				t.Fatalf("read %d records, want %d", n, len(bs))
+			}
+			for _, h := range kept {
+				if !bytes.Equal(h.r.Data, h.data) {
+					t.Fatalf("record %d (%+v) changed after it was returned, while not released", h.i, h.r.Pos)
+				}
+				if _, err := segment.Verify(h.r.Data); err != nil {
+					t.Fatalf("record %d: %v", h.i, err)
+				}
+				if got := decodeRecord(t, h.r.Data); len(got) != len(bs[h.i]) || got[0] != bs[h.i][0] {
+					t.Fatalf("record %d holds %q..., want %q...", h.i, got[0][:8], bs[h.i][0][:8])
+				}
+			}
+			// 4 MiB in 256 KiB chunks is 16 reads at least; with every record released as
+			// it comes, a handful of buffers serve them all.
+			if chunks := bytesRead / streamChunk; keepEvery == 0 && (chunks < 12 || len(bufs) > 8) {
+				t.Errorf("%d records (%d bytes, %d chunks) came from %d chunk buffers: want reuse", n, bytesRead, chunks, len(bufs))
+			}
+			for _, h := range kept {
+				s.Release(h.r)
+			}
+			if n := len(s.free); n == 0 || n > freeChunks {
+				t.Errorf("%d free chunk buffers after every record was released, want 1 to %d", n, freeChunks)
+			}
+		})
+	}
+}
