@@ -75,6 +75,7 @@ type Chan[T any] struct {
 	returnCh chan *refill[T] // refill items handed out, back to the disk goroutine
 	shadowCh chan *batch[T]  // deliveries written while they waited, with their IDs
 	ctlCh    chan ctl[T]     // done messages, Sync barriers and Store
+	doneFree chan []MsgID    // ctl's done slices, back from the disk goroutine for reuse
 	idleCh   chan struct{}   // the disk goroutine has nothing more to hand out
 	srcDone  chan struct{}   // closed by the loop: src is closed
 	finishCh chan finishReq[T]
@@ -205,6 +206,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		returnCh: make(chan *refill[T], refillPool),
 		shadowCh: make(chan *batch[T]),
 		ctlCh:    make(chan ctl[T]),
+		doneFree: make(chan []MsgID, 2),
 		idleCh:   make(chan struct{}, 1),
 		srcDone:  make(chan struct{}),
 		finishCh: make(chan finishReq[T]),
@@ -769,6 +771,11 @@ func (c *Chan[T]) loop() {
 			l.pending = p[:0]
 		case sendCtl <- ctlMsg:
 			l.doneIDs, l.stores = nil, nil
+			select {
+			case b := <-c.doneFree:
+				l.doneIDs = b
+			default:
+			}
 			if ctlMsg.sync != nil {
 				l.syncs = l.syncs[1:]
 			}

@@ -329,6 +329,12 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 			for _, id := range m.done {
 				d.tr.done(id)
 			}
+			if cap(m.done) > 0 {
+				select {
+				case c.doneFree <- m.done[:0]: // the loop appends to it next
+				default:
+				}
+			}
 			d.tr.sentUpTo(m.sent)
 			if m.sync != nil {
 				d.syncs = append(d.syncs, m.sync)
