@@ -76,6 +76,7 @@ type Chan[T any] struct {
 	shadowCh chan *batch[T]  // deliveries written while they waited, with their IDs
 	ctlCh    chan ctl[T]     // done messages, Sync barriers and Store
 	doneFree chan []MsgID    // ctl's done slices, back from the disk goroutine for reuse
+	recFree  chan []byte     // record buffers, back from the disk goroutine for the compressors
 	idleCh   chan struct{}   // the disk goroutine has nothing more to hand out
 	srcDone  chan struct{}   // closed by the loop: src is closed
 	finishCh chan finishReq[T]
@@ -207,6 +208,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		shadowCh: make(chan *batch[T]),
 		ctlCh:    make(chan ctl[T]),
 		doneFree: make(chan []MsgID, 2),
+		recFree:  make(chan []byte, 4),
 		idleCh:   make(chan struct{}, 1),
 		srcDone:  make(chan struct{}),
 		finishCh: make(chan finishReq[T]),

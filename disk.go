@@ -1,7 +1,6 @@
 package pelichan
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -72,11 +71,29 @@ func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 	c.encodeBatch(w, b, behind, func(e encoded[T]) {
 		if e.rec != nil {
 			// A copy, so the compressor goes on with w while the disk goroutine appends
-			// (it would otherwise wait for every append: a record is a few KiB).
-			e.rec = bytes.Clone(e.rec)
+			// (it would otherwise wait for every append: a record is a few KiB), in a
+			// buffer the disk goroutine gave back if there is one.
+			var buf []byte
+			select {
+			case buf = <-c.recFree:
+			default:
+			}
+			e.rec = append(buf[:0], e.rec...)
 		}
 		c.recCh <- e
 	})
+}
+
+// recycleRec gives the buffer of a record the spool has taken (it copies what it
+// appends) back to the compressors, or to the GC if they have enough.
+func (c *Chan[T]) recycleRec(rec []byte) {
+	if rec == nil {
+		return
+	}
+	select {
+	case c.recFree <- rec:
+	default:
+	}
 }
 
 // encodeBatch encodes b into records with w and hands each, and the end of the batch, to
@@ -303,6 +320,8 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 				d.retry = &e
 				d.retryIn = 10 * time.Millisecond
 				retry.Reset(d.retryIn)
+			} else {
+				c.recycleRec(e.rec)
 			}
 		case <-retry.C:
 			if d.retry == nil {
@@ -313,6 +332,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 				retry.Reset(d.retryIn)
 				continue
 			}
+			c.recycleRec(d.retry.rec)
 			d.retry = nil
 		case readyC <- ready:
 			d.readyQ[0] = nil
