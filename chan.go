@@ -773,11 +773,6 @@ func (c *Chan[T]) loop() {
 			l.pending = p[:0]
 		case sendCtl <- ctlMsg:
 			l.doneIDs, l.stores = nil, nil
-			select {
-			case b := <-c.doneFree:
-				l.doneIDs = b
-			default:
-			}
 			if ctlMsg.sync != nil {
 				l.syncs = l.syncs[1:]
 			}
@@ -872,6 +867,18 @@ func (l *loopState[T]) reap() {
 	}
 }
 
+// addDone notes that the stored message id is done, for the disk goroutine. The slice
+// comes from those it gave back, if it has one.
+func (l *loopState[T]) addDone(id MsgID) {
+	if l.doneIDs == nil {
+		select {
+		case l.doneIDs = <-l.c.doneFree:
+		default:
+		}
+	}
+	l.doneIDs = append(l.doneIDs, id)
+}
+
 // markDone records that delivery seq is done.
 func (l *loopState[T]) markDone(seq uint64) {
 	f := l.tab.at(seq)
@@ -891,7 +898,7 @@ func (l *loopState[T]) markDone(seq uint64) {
 		} else {
 			l.delta.Refilled++
 		}
-		l.doneIDs = append(l.doneIDs, f.id)
+		l.addDone(f.id)
 	default:
 		return
 	}
@@ -948,7 +955,7 @@ func (l *loopState[T]) shadowed(b *batch[T]) {
 		if l.shadowDone[seq] {
 			delete(l.shadowDone, seq)
 			if !id.IsZero() {
-				l.doneIDs = append(l.doneIDs, id)
+				l.addDone(id)
 			}
 			continue
 		}
@@ -1157,7 +1164,7 @@ func (c *Chan[T]) drainOut(l *loopState[T]) []T {
 		case fDisk:
 			l.delta.OnDisk--
 			l.delta.InMemory++
-			l.doneIDs = append(l.doneIDs, f.id)
+			l.addDone(f.id)
 		}
 		var zero T
 		f.v, f.st = zero, fDone

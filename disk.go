@@ -85,14 +85,29 @@ func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 }
 
 // recycleRec gives the buffer of a record the spool has taken (it copies what it
-// appends) back to the compressors, or to the GC if they have enough.
+// appends) back to the compressors, or to the GC if they have enough or it is larger than
+// records usually are (a message larger than a batch makes one).
 func (c *Chan[T]) recycleRec(rec []byte) {
-	if rec == nil {
+	if rec == nil || cap(rec) > 2*c.opts.batchBytes {
 		return
 	}
 	select {
 	case c.recFree <- rec:
 	default:
+	}
+}
+
+// maxDoneReuse is the largest done slice (in IDs) given back to the loop for reuse.
+const maxDoneReuse = 4096
+
+// drainFree empties a channel of buffers kept for reuse.
+func drainFree[E any](ch chan E) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
 	}
 }
 
@@ -237,6 +252,7 @@ type diskState[T any] struct {
 	beyond   map[uint64]bool // batches through past it
 	syncs    []*syncReq
 	ticks    int
+	busyAt   int64           // when the last record was written or read, until the buffers are let go
 	late     int64           // spool.Stats.Late already in OnDisk
 	owed     int64           // messages the cursor file marks done not taken off OnDisk yet (see addStored)
 	memMsgs  int             // messages written ahead and kept in memory for the loop
@@ -349,7 +365,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 			for _, id := range m.done {
 				d.tr.done(id)
 			}
-			if cap(m.done) > 0 {
+			if cap(m.done) > 0 && cap(m.done) <= maxDoneReuse {
 				select {
 				case c.doneFree <- m.done[:0]: // the loop appends to it next
 				default:
@@ -382,6 +398,13 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 					c.rep.report(fmt.Errorf("pelichan: %w", err))
 				}
 				c.st.disk(c.peek(d), nil)
+			}
+			if d.busyAt != 0 && time.Since(time.Unix(0, d.busyAt)) > idleRelease {
+				// Idle: the buffers kept for reuse go, so an idle Chan stays small.
+				d.busyAt = 0
+				sp.DropBuffers()
+				drainFree(c.recFree)
+				drainFree(c.doneFree)
 			}
 			if d.ticks++; d.ticks%10 == 0 {
 				c.expire(d)
@@ -465,6 +488,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			d.blocked = false
 			d.dirty = true
 			d.dirtyAt = time.Now().UnixNano()
+			d.busyAt = d.dirtyAt
 			key := keyOf(pos)
 			b.recs = append(b.recs, storedRec{key: key, n: e.n})
 			if b.mem != nil || b.kind == bShadow || b.kind == bClose {
@@ -706,6 +730,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		d.jobs <- decodeJob[T]{b: b, rec: rec, done: done} // never blocks: capacity refillPool
 	}
 	if read {
+		d.busyAt = time.Now().UnixNano()
 		c.lateCounts(d, c.peek(d))
 	}
 }

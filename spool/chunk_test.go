@@ -27,9 +27,11 @@ func bigBatches(n int) [][]string {
 	return out
 }
 
-// Released records give their chunk buffers back for later reads, and a record that is
-// not released keeps its bytes whatever is read after it: every record kept is checked
-// (its bytes, CRC and messages) after the whole spool has been read.
+// Released records give their chunk buffers back for later reads (keep=0), and a record
+// that is not released keeps its chunk from reuse, so its bytes stay as they were whatever
+// is read after it: every record kept is checked (its bytes, CRC and messages) after the
+// whole spool has been read. TestChunkReuseHoldWindow holds and releases records out of
+// order while chunks are reused.
 func TestStreamChunksReused(t *testing.T) {
 	opts := Options{SegmentSize: 1 << 20, NoSync: true}
 	bs := bigBatches(200) // about 4 MiB: four sealed segments

@@ -66,6 +66,12 @@ func (s *Spool) unref(ck *chunk) {
 	}
 }
 
+// DropBuffers lets go of the read buffers kept for reuse (an idle owner stays small).
+func (s *Spool) DropBuffers() {
+	clear(s.free)
+	s.free = s.free[:0]
+}
+
 // resetStream ends record-by-record reading of the current segment.
 func (s *Spool) resetStream() {
 	s.unref(s.rs.ck)
