@@ -696,6 +696,9 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		rec, err := d.sp.Next()
 		if errors.Is(err, io.EOF) {
 			d.lag = false
+			if n := d.addStored(int64(d.tr.lost())); n > 0 {
+				c.st.update(func(s *Stats) { s.OnDisk += n })
+			}
 			break
 		}
 		if err != nil {

@@ -107,8 +107,10 @@ type tracker struct {
 }
 
 // newTracker starts from the done sets saved with the cursor (extra), keeping those of
-// records at or after the cursor in segments that exist (has).
-func newTracker(extra []byte, cursor spool.Cursor, has func(seg uint64) bool) (*tracker, error) {
+// records at or after the cursor that the spool may hold (holds: the segment exists and
+// the record's offset is not past its end; a crash can lose the tail of the segment being
+// written, and its done messages must not be taken off the stored ones).
+func newTracker(extra []byte, cursor spool.Cursor, holds func(seg, off uint64) bool) (*tracker, error) {
 	t := &tracker{ahead: map[recKey]*recState{}, start: cursor, acked: cursor}
 	if len(extra) == 0 {
 		return t, nil
@@ -118,7 +120,7 @@ func newTracker(extra []byte, cursor spool.Cursor, has func(seg uint64) bool) (*
 		return t, err
 	}
 	for _, r := range recs {
-		if !r.key.less(recKey{cursor.Seg, cursor.Index}) && has(r.key.seg) {
+		if !r.key.less(recKey{cursor.Seg, cursor.Index}) && holds(r.key.seg, r.key.index) {
 			t.pre = append(t.pre, r)
 		}
 	}
@@ -197,6 +199,20 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 	t.insert(r)
 	t.changed = true
 	return r, r.full(), gone
+}
+
+// lost forgets what the cursor file said of records the reader never found: called when
+// it has read everything stored, it returns their done messages (counted out of OnDisk at
+// open, wrongly), as reached does for the records it passes.
+func (t *tracker) lost() int {
+	gone := 0
+	for _, r := range t.pre {
+		gone += r.done
+	}
+	if len(t.pre) > 0 {
+		t.pre, t.changed = nil, true
+	}
+	return gone
 }
 
 // register records a record written by this Chan whose messages are handed out from

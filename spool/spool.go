@@ -294,6 +294,19 @@ func (s *Spool) Close() error {
 // Has reports whether segment seq is in the spool.
 func (s *Spool) Has(seq uint64) bool { return s.segAt(seq) != nil }
 
+// Holds reports whether segment seq may hold a record at byte offset off: it is in the
+// spool and, if its size is known yet (not for segments Open leaves to be counted in the
+// background; the newest segment's is, cut back at Open if its tail was torn), off lies
+// within it. A record past the end of the file
+// was lost (a crash before the OS wrote it back).
+func (s *Spool) Holds(seq, off uint64) bool {
+	sg := s.segAt(seq)
+	if sg == nil {
+		return false
+	}
+	return sg.lazy || off < uint64(max(sg.size, 0))
+}
+
 // segAt returns segment seq, nil if it is not in the spool.
 func (s *Spool) segAt(seq uint64) *seg {
 	i, ok := slices.BinarySearchFunc(s.segs, seq, func(sg *seg, seq uint64) int { return cmp.Compare(sg.seq, seq) })
