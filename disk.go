@@ -696,7 +696,8 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		rec, err := d.sp.Next()
 		if errors.Is(err, io.EOF) {
 			d.lag = false
-			if n := d.addStored(int64(d.tr.lost())); n > 0 {
+			missing := func(seg, off uint64) bool { return d.sp.Has(seg) && !d.sp.Holds(seg, off) }
+			if n := d.addStored(int64(d.tr.lost(missing))); n > 0 {
 				c.st.update(func(s *Stats) { s.OnDisk += n })
 			}
 			break

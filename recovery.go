@@ -95,7 +95,7 @@ func (r *recState) full() bool { return r.done >= r.count }
 // first one not wholly done; ahead holds records written by this Chan and handed out from
 // memory that the reader has not reached yet (they are never read back: when the reader
 // reaches them they move to recs); pre holds what the cursor file said of records past the
-// cursor, until the reader reaches them.
+// cursor, until the reader reaches them (or reads everything: lost).
 type tracker struct {
 	recs    []*recState
 	ahead   map[recKey]*recState
@@ -201,17 +201,23 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 	return r, r.full(), gone
 }
 
-// lost forgets what the cursor file said of records the reader never found: called when
-// it has read everything stored, it returns their done messages (counted out of OnDisk at
-// open, wrongly), as reached does for the records it passes.
-func (t *tracker) lost() int {
+// lost forgets what the cursor file said of records the reader never found that are
+// known to be missing (missing: in a segment still in the spool, past the last record
+// read from its file; see spool.Spool.Holds): called when the reader has read everything
+// stored, it returns their done messages (counted out of OnDisk at open, wrongly), as
+// reached does for the records it passes. Records of segments counted from their meta
+// file stay (their messages were counted whole), and so do those of segments gone (prune
+// accounts for the ones a drop policy took).
+func (t *tracker) lost(missing func(seg, off uint64) bool) int {
 	gone := 0
-	for _, r := range t.pre {
+	t.pre = slices.DeleteFunc(t.pre, func(r *recState) bool {
+		if !missing(r.key.seg, r.key.index) {
+			return false
+		}
 		gone += r.done
-	}
-	if len(t.pre) > 0 {
-		t.pre, t.changed = nil, true
-	}
+		t.changed = true
+		return true
+	})
 	return gone
 }
 

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/pelichan/pelichan/segment"
@@ -96,5 +98,63 @@ func TestStreamChunksReused(t *testing.T) {
 				t.Errorf("%d free chunk buffers after every record was released, want 1 to %d", n, freeChunks)
 			}
 		})
+	}
+}
+
+// Holds: a segment counted from its meta file may hold a record anywhere; one whose file
+// was read (the newest, unsealed at a crash) holds none at or past its last record; a
+// segment not in the spool holds nothing.
+func TestHolds(t *testing.T) {
+	opts := Options{SegmentSize: 1 << 10, NoSync: true}
+	dir := t.TempDir()
+	writeSpool(t, dir, opts, batches("h", 60, 4))
+	s := mustOpen(t, dir, opts)
+	var segs []uint64
+	var offs []uint64 // of the newest segment's records
+	for {
+		r, err := s.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(segs); n == 0 || segs[n-1] != r.Pos.Seg {
+			segs, offs = append(segs, r.Pos.Seg), nil
+		}
+		offs = append(offs, r.Pos.Index)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(segs) < 3 || len(offs) < 2 {
+		t.Fatalf("%d segments, %d records in the newest: the test needs 3 and 2", len(segs), len(offs))
+	}
+	newest := fmt.Sprintf("%020d", segs[len(segs)-1])
+	// The crash image: the newest segment unsealed, its records after the first lost.
+	if err := os.Remove(filepath.Join(dir, newest, metaName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(dir, newest, walFile), int64(offs[1])); err != nil {
+		t.Fatal(err)
+	}
+	s = mustOpen(t, dir, opts)
+	defer s.Close()
+	last := segs[len(segs)-1]
+	for _, c := range []struct {
+		seq, off uint64
+		want     bool
+	}{
+		{segs[0], 0, true},
+		{segs[0], 1 << 40, true}, // counted from its meta: the spool cannot tell
+		{segs[1], 1 << 40, true}, // counted in the background, or from its meta
+		{last, offs[0], true},
+		{last, offs[1], false}, // lost
+		{last, offs[len(offs)-1], false},
+		{last + 1, 0, false}, // not in the spool
+	} {
+		if got := s.Holds(c.seq, c.off); got != c.want {
+			t.Errorf("Holds(%d, %d) = %v, want %v", c.seq, c.off, got, c.want)
+		}
 	}
 }

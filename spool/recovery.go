@@ -211,7 +211,7 @@ func (s *Spool) pump() {
 			}
 			r.sg.lazy = false
 			s.st.Counting--
-			r.sg.meta, r.sg.size = r.meta, r.size
+			r.sg.meta, r.sg.size, r.sg.metaCount = r.meta, r.size, true
 			s.fixResume(r.sg)
 			s.st.DiskBytes += r.size
 			s.st.Undelivered += int64(r.meta.messages)
@@ -356,7 +356,7 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 		// Sealed: fsynced before its meta was written, and never appended to since, so
 		// even the newest has no torn tail. Damage in it is found, and reported, when it is
 		// read.
-		sg.meta = sealed
+		sg.meta, sg.metaCount = sealed, true
 		s.fixResume(sg)
 		return nil
 	}

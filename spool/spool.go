@@ -82,6 +82,7 @@ type seg struct {
 	delivered uint64
 	readDone  bool          // the reader read the whole (sealed) segment
 	lazy      bool          // counts not loaded yet (see countInBackground)
+	metaCount bool          // counts from the meta file (not from reading the WAL file)
 	sealDone  chan struct{} // closed when a background seal finished; nil if none ran
 	synced    chan struct{} // closed when a background seal has fsynced the file (or failed)
 }
@@ -294,17 +295,19 @@ func (s *Spool) Close() error {
 // Has reports whether segment seq is in the spool.
 func (s *Spool) Has(seq uint64) bool { return s.segAt(seq) != nil }
 
-// Holds reports whether segment seq may hold a record at byte offset off: it is in the
-// spool and, if its size is known yet (not for segments Open leaves to be counted in the
-// background; the newest segment's is, cut back at Open if its tail was torn), off lies
-// within it. A record past the end of the file
-// was lost (a crash before the OS wrote it back).
+// Holds reports whether segment seq may hold a record at byte offset off: false if it is
+// not in the spool, or if its counts come from reading its file (the newest segment at
+// Open, unsealed at a crash and cut back if its tail was torn; a segment without a meta
+// file, when the reader gets to it; the segment being written) and no record starts at
+// or after off: a record past that end was lost (a crash before the OS wrote it back) and
+// is not counted. Segments counted from their meta file, and those whose counts are not
+// loaded yet, say true.
 func (s *Spool) Holds(seq, off uint64) bool {
 	sg := s.segAt(seq)
 	if sg == nil {
 		return false
 	}
-	return sg.lazy || off < uint64(max(sg.size, 0))
+	return sg.lazy || sg.metaCount || !sg.endKnown || off < sg.end
 }
 
 // segAt returns segment seq, nil if it is not in the spool.
