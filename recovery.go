@@ -107,9 +107,9 @@ type tracker struct {
 }
 
 // newTracker starts from the done sets saved with the cursor (extra), keeping those of
-// records at or after the cursor that the spool may hold (holds: the segment exists and
-// the record's offset is not past its end; a crash can lose the tail of the segment being
-// written, and its done messages must not be taken off the stored ones).
+// records at or after the cursor that the spool may hold (holds: see spool.Spool.Holds; a
+// crash can lose the tail of the segment being written, whose records Open does not
+// count, and their done messages must not be taken off the stored ones).
 func newTracker(extra []byte, cursor spool.Cursor, holds func(seg, off uint64) bool) (*tracker, error) {
 	t := &tracker{ahead: map[recKey]*recState{}, start: cursor, acked: cursor}
 	if len(extra) == 0 {
