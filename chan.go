@@ -242,7 +242,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		return nil, fmt.Errorf("pelichan: open %s: %w", dir, err)
 	}
 	var terr error
-	tr, terr = newTracker(sp.Extra(), sp.Cursor(), sp.Holds)
+	tr, terr = newTracker(sp.Extra(), sp.Cursor(), sp.Holds, sp.Scanned)
 	if terr != nil {
 		c.st.update(func(s *Stats) { s.Corrupt++ })
 		c.rep.report(fmt.Errorf("pelichan: %s: %w; messages done after the cursor may be delivered again", dir, terr))

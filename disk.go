@@ -368,6 +368,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 			if cap(m.done) > 0 && cap(m.done) <= maxDoneReuse {
 				select {
 				case c.doneFree <- m.done[:0]: // the loop appends to it next
+					// BUSYAT
 				default:
 				}
 			}
@@ -696,8 +697,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		rec, err := d.sp.Next()
 		if errors.Is(err, io.EOF) {
 			d.lag = false
-			missing := func(seg, off uint64) bool { return d.sp.Has(seg) && !d.sp.Holds(seg, off) }
-			if n := d.addStored(int64(d.tr.lost(missing))); n > 0 {
+			if n := d.addStored(int64(d.tr.lost(d.sp.Has))); n > 0 {
 				c.st.update(func(s *Stats) { s.OnDisk += n })
 			}
 			break

@@ -104,14 +104,21 @@ type tracker struct {
 	acked   spool.Cursor // the cursor last returned by advance
 	start   spool.Cursor // the cursor at open
 	changed bool         // since the last checkpoint
+	scanned func(seg uint64) bool
 }
 
 // newTracker starts from the done sets saved with the cursor (extra), keeping those of
 // records at or after the cursor that the spool may hold (holds: see spool.Spool.Holds; a
 // crash can lose the tail of the segment being written, whose records Open does not
 // count, and their done messages must not be taken off the stored ones).
-func newTracker(extra []byte, cursor spool.Cursor, holds func(seg, off uint64) bool) (*tracker, error) {
-	t := &tracker{ahead: map[recKey]*recState{}, start: cursor, acked: cursor}
+//
+// scanned says whether a segment's counts come from reading its file, so that a record
+// the reader does not find in it was never counted: the done messages the cursor file
+// marked in such a record were taken off OnDisk at open wrongly and are given back
+// (reached, lost). In a segment counted from its meta file they were counted, and stay
+// taken off.
+func newTracker(extra []byte, cursor spool.Cursor, holds func(seg, off uint64) bool, scanned func(seg uint64) bool) (*tracker, error) {
+	t := &tracker{ahead: map[recKey]*recState{}, start: cursor, acked: cursor, scanned: scanned}
 	if len(extra) == 0 {
 		return t, nil
 	}
@@ -170,9 +177,11 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 	}
 	gone := 0
 	for len(t.pre) > 0 && t.pre[0].key.less(key) {
-		// A record the reader passed without finding it (dropped, or damaged): its done
-		// messages were never on disk after all.
-		gone += t.pre[0].done
+		// A record the reader passed without finding it (lost, or damaged): its done
+		// messages were not counted if its segment was counted from its file.
+		if t.scanned(t.pre[0].key.seg) {
+			gone += t.pre[0].done
+		}
 		t.pre = t.pre[1:]
 		t.changed = true
 	}
@@ -201,20 +210,20 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 	return r, r.full(), gone
 }
 
-// lost forgets what the cursor file said of records the reader never found that are
-// known to be missing (missing: in a segment still in the spool, past the last record
-// read from its file; see spool.Spool.Holds): called when the reader has read everything
-// stored, it returns their done messages (counted out of OnDisk at open, wrongly), as
-// reached does for the records it passes. Records of segments counted from their meta
-// file stay (their messages were counted whole), and so do those of segments gone (prune
-// accounts for the ones a drop policy took).
-func (t *tracker) lost(missing func(seg, off uint64) bool) int {
+// lost forgets what the cursor file said of records the reader never found, once it has
+// read everything stored, by the rule reached applies to the records it passes: the done
+// messages of those in segments counted from their files are given back (returned).
+// Records of segments no longer in the spool (has) stay: prune accounts for the ones a
+// drop policy took.
+func (t *tracker) lost(has func(seg uint64) bool) int {
 	gone := 0
 	t.pre = slices.DeleteFunc(t.pre, func(r *recState) bool {
-		if !missing(r.key.seg, r.key.index) {
+		if !has(r.key.seg) {
 			return false
 		}
-		gone += r.done
+		if t.scanned(r.key.seg) {
+			gone += r.done
+		}
 		t.changed = true
 		return true
 	})

@@ -310,6 +310,14 @@ func (s *Spool) Holds(seq, off uint64) bool {
 	return sg.lazy || sg.metaCount || !sg.endKnown || off < sg.end
 }
 
+// Scanned reports whether segment seq is in the spool and its counts come from reading
+// its file (not from its meta file, nor still to be loaded), so that a record not found
+// in it is not counted.
+func (s *Spool) Scanned(seq uint64) bool {
+	sg := s.segAt(seq)
+	return sg != nil && !sg.lazy && !sg.metaCount
+}
+
 // segAt returns segment seq, nil if it is not in the spool.
 func (s *Spool) segAt(seq uint64) *seg {
 	i, ok := slices.BinarySearchFunc(s.segs, seq, func(sg *seg, seq uint64) int { return cmp.Compare(sg.seq, seq) })
