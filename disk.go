@@ -368,7 +368,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 			if cap(m.done) > 0 && cap(m.done) <= maxDoneReuse {
 				select {
 				case c.doneFree <- m.done[:0]: // the loop appends to it next
-					// BUSYAT
+					d.busyAt = time.Now().UnixNano() // let go of it once idle
 				default:
 				}
 			}

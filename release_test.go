@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // slowDecodeCodec is Bytes with a decoder that takes its time, so that the disk goroutine
@@ -86,5 +87,49 @@ func TestRefillChunkReuseIntact(t *testing.T) {
 			first = errs[0]
 		}
 		t.Fatalf("%d of %d messages intact, %d damaged; %d errors reported (first: %v)", got, n, bad, len(errs), first)
+	}
+}
+
+// An idle Chan lets go of the done slices kept for reuse, also those handed back by
+// acknowledgements that come more than idleRelease after the last read (the idle sweep had
+// run already, and they were kept for good).
+func TestDoneSlicesLetGoWhenIdle(t *testing.T) {
+	dir := t.TempDir()
+	src := make(chan string)
+	c, err := New(dir, src, String, WithAcks(5000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 2000
+	for i := range n {
+		if err := c.Store(akMsg("x", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var last uint64
+	for i := range n {
+		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
+		if !ok {
+			t.Fatalf("delivery %d missing", i)
+		}
+		last = d.Seq
+	}
+	time.Sleep(1500 * time.Millisecond) // reads over: the sweep lets the buffers go
+	if err := c.AckThrough(last); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	t.Logf("200ms after the ack: doneFree %d", len(c.doneFree))
+	time.Sleep(2500 * time.Millisecond) // idle again, well past idleRelease
+	held := 0
+	for range len(c.doneFree) {
+		s := <-c.doneFree
+		held += cap(s) * int(unsafe.Sizeof(MsgID{}))
+		c.doneFree <- s
+	}
+	t.Logf("doneFree holds %d slices, %d bytes, after %v idle", len(c.doneFree), held, 2500*time.Millisecond)
+	if held > 0 {
+		t.Errorf("an idle Chan keeps %d bytes of done slices", held)
 	}
 }
