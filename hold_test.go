@@ -57,7 +57,9 @@ func TestHoldLeavesProducerLeadInMemory(t *testing.T) {
 		akMustClose(t, c)
 		t.Logf("trial %d: after 500ms %d of %d messages still unread in src; Received %d Direct %d Spilled %d OnDisk %d InMemory %d",
 			trial, left, n, s.Received, s.Direct, s.Spilled, s.OnDisk, s.InMemory)
-		if left > 1000 {
+		// Read and spilled, most of it: 1000 or so are left on a quiet machine, a few
+		// thousand under -race; with the lead held, tens of thousands.
+		if left > n/6 {
 			t.Errorf("after 5x linger, %d messages the producer handed over are still only in src's buffer (not read: Spilled %d, OnDisk %d); a SIGKILL loses them",
 				left, s.Spilled, s.OnDisk)
 			return

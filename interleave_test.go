@@ -221,9 +221,7 @@ func TestInterleaveCloseMidInterleave(t *testing.T) {
 		})
 		sent = leftInSrc(sent, src)
 		// a consumer may still read what Close left in Out? No: Close drains Out.
-		for v := range c.Out() {
-			got = append(got, v)
-		}
+		got = append(got, drainClosed(t, c.Out())...)
 		sc := c.Stats()
 		checkBalance(t, sc)
 		rest, rs := reopenAndDrain(t, dir)
@@ -299,8 +297,7 @@ func TestInterleaveAcksCloseMidInterleave(t *testing.T) {
 		<-prodDone
 		akMustClose(t, c)
 		sent = leftInSrc(sent, src)
-		for range c.Deliveries() {
-		}
+		drainClosed(t, c.Deliveries())
 		akIdentity(t, "after Close", c.Stats(), 0)
 		src2 := make(chan string)
 		close(src2)
@@ -362,9 +359,7 @@ func TestInterleaveOrderedCloseMidStream(t *testing.T) {
 		<-prodDone
 		akWithin(t, 5*time.Second, "Close", func() { c.Close() })
 		sent = leftInSrc(sent, src)
-		for v := range c.Out() {
-			got = append(got, v)
-		}
+		got = append(got, drainClosed(t, c.Out())...)
 		rest, _ := reopenAndDrain(t, dir, WithOrdered())
 		got = append(got, rest...)
 		mu.Lock()
@@ -567,9 +562,7 @@ func TestInterleaveSyncStoreMidInterleave(t *testing.T) {
 		checkBalance(t, c.Stats())
 		akWithin(t, 5*time.Second, "Close", func() { c.Close() })
 		sent = leftInSrc(sent, src)
-		for v := range c.Out() {
-			got = append(got, v)
-		}
+		got = append(got, drainClosed(t, c.Out())...)
 		checkBalance(t, c.Stats())
 		rest, _ := reopenAndDrain(t, dir)
 		got = append(got, rest...)
@@ -640,8 +633,7 @@ func TestInterleaveWriteAheadNeverPending(t *testing.T) {
 	<-prodDone
 	akMustClose(t, c)
 	sent = leftInSrc(sent, src)
-	for range c.Deliveries() {
-	}
+	drainClosed(t, c.Deliveries())
 	src2 := make(chan string)
 	close(src2)
 	c2, err := New(dir, src2, String, WithWriteAhead(), WithAcks(64))
@@ -662,4 +654,14 @@ func TestInterleaveWriteAheadNeverPending(t *testing.T) {
 			t.Fatalf("%q lost", m[:10])
 		}
 	}
+}
+
+// drainClosed takes what is left in ch after Close, which must have closed it.
+func drainClosed[T any](t *testing.T, ch <-chan T) []T {
+	t.Helper()
+	got, closed := drain(ch, 5*time.Second)
+	if !closed {
+		t.Fatalf("not closed 5s after Close (%d taken)", len(got))
+	}
+	return got
 }

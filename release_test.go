@@ -48,11 +48,13 @@ func TestRefillChunkReuseIntact(t *testing.T) {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(7, 7))
-	for i := range n {
-		src <- checkedMsg(rng, i)
-	}
-	waitStored(c, n)
-	if err := c.Close(); err != nil {
+	akWithin(t, time.Minute, "storing", func() {
+		for i := range n {
+			src <- checkedMsg(rng, i)
+		}
+	})
+	waitStats(t, c, time.Minute, "every message stored", func(s Stats) bool { return s.Received == n && s.InMemory == 0 })
+	if err := akClose(t, c); err != nil {
 		t.Fatal(err)
 	}
 	src2 := make(chan []byte)
@@ -63,7 +65,11 @@ func TestRefillChunkReuseIntact(t *testing.T) {
 	}
 	seen := make([]bool, n)
 	got, bad := 0, 0
-	for m := range c.Out() {
+	msgs, closed := drain(c.Out(), 10*time.Second)
+	if !closed {
+		t.Errorf("Out not closed 10s after the last message (src closed)")
+	}
+	for _, m := range msgs {
 		if len(m) < 12 || crc32.ChecksumIEEE(m[12:]) != binary.LittleEndian.Uint32(m[8:]) {
 			bad++
 			continue
@@ -76,7 +82,7 @@ func TestRefillChunkReuseIntact(t *testing.T) {
 		seen[i] = true
 		got++
 	}
-	if err := c.Close(); err != nil {
+	if err := akClose(t, c); err != nil {
 		t.Error(err)
 	}
 	mu.Lock()
