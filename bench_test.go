@@ -324,7 +324,7 @@ func BenchmarkIdleAfterSpill(b *testing.B) {
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/chans, "heap-bytes/chan")
+		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/chans, "heap-bytes/chan")
 		for _, c := range cs {
 			if err := c.Close(); err != nil {
 				b.Fatal(err)

@@ -541,7 +541,7 @@ func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
 		fail(err)
 		return
 	}
-	_, err := c.appendAt(d, w.Record(), true)
+	pos, err := c.appendAt(d, w.Record(), true)
 	w.Reset()
 	if err != nil {
 		fail(err)
@@ -557,7 +557,7 @@ func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
 	}
 	c.st.disk(c.peek(d), func(s *Stats) { s.Spilled++; s.InMemory--; s.OnDisk++ })
 	if syncErr != nil {
-		r.reply <- fmt.Errorf("pelichan: store: %w (do not store it again): %w", ErrNotSynced, syncErr)
+		r.reply <- fmt.Errorf("pelichan: store: segment %020d offset %d: %w (do not store it again): %w", pos.Seg, pos.Index, ErrNotSynced, syncErr)
 		return
 	}
 	r.reply <- nil

@@ -38,7 +38,7 @@ func BenchmarkIdleAfterRefill(b *testing.B) {
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/chans, "heap-bytes/chan")
+		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/chans, "heap-bytes/chan")
 		for _, c := range cs {
 			if err := c.Close(); err != nil {
 				b.Fatal(err)
@@ -90,7 +90,7 @@ func BenchmarkIdleAfterLargeMessages(b *testing.B) {
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/chans, "heap-bytes/chan")
+		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/chans, "heap-bytes/chan")
 		for _, c := range cs {
 			if err := c.Close(); err != nil {
 				b.Fatal(err)
