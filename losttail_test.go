@@ -6,6 +6,7 @@ package pelichan
 
 import (
 	"encoding/binary"
+	"github.com/pelichan/pelichan/spool"
 	"os"
 	"path/filepath"
 	"sort"
@@ -34,6 +35,9 @@ func ltSetup(t *testing.T, dir string, n int, opts []Option) []string {
 	c, err = New(dir, src, String, opts...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s := c.Stats(); s.OnDisk != int64(n) {
+		t.Fatalf("session 2: OnDisk %d at open, want %d", s.OnDisk, n)
 	}
 	for i := range n {
 		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
@@ -226,5 +230,50 @@ func TestSealedShortThenNewRecord(t *testing.T) {
 	}
 	if d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond); ok {
 		t.Fatalf("a delivery %q more: an acknowledged message delivered again", d.Msg)
+	}
+}
+
+// newTracker keeps a cursor-file done set only for a record the spool may hold, and
+// counts only those in preDone; lost gives back the done messages of those it forgets
+// in scanned segments only, and keeps those of segments gone.
+func TestTrackerHoldsAndLost(t *testing.T) {
+	rec := func(seg, index uint64, done ...int) *recState {
+		r := &recState{key: recKey{seg, index}, count: 4}
+		for _, i := range done {
+			r.mark(i)
+		}
+		return r
+	}
+	cursor := spool.Cursor{Seg: 1}
+	extra := encodeDone([]*recState{
+		rec(1, 100, 0, 1), // held, scanned segment
+		rec(1, 900, 0),    // past segment 1's end: lost in a crash
+		rec(2, 50, 0, 1, 2),
+		rec(3, 10, 3), // segment 3 is counted from its meta
+	}, cursor)
+	holds := func(seg, off uint64) bool { return !(seg == 1 && off >= 500) }
+	scanned := func(seg uint64) bool { return seg != 3 }
+	tr, err := newTracker(extra, cursor, holds, scanned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.preDone(); got != 2+3+1 {
+		t.Errorf("preDone %d, want 6 (the record past segment 1's end left out)", got)
+	}
+	// The reader found everything but segment 2's record and segment 3's; segment 2 is
+	// gone meanwhile.
+	tr.reached(recKey{1, 100}, 4, 0, 0)
+	has := func(seg uint64) bool { return seg != 2 }
+	if got := tr.lost(has); got != 0 {
+		t.Errorf("lost gave back %d, want 0 (segment 3 counted from its meta, segment 2 gone)", got)
+	}
+	if len(tr.pre) != 1 || tr.pre[0].key.seg != 2 {
+		t.Errorf("after lost, pre holds %d records, want segment 2's alone (for prune)", len(tr.pre))
+	}
+	scanned = func(uint64) bool { return true }
+	tr.scanned = scanned
+	has = func(uint64) bool { return true }
+	if got := tr.lost(has); got != 3 {
+		t.Errorf("lost gave back %d, want 3 (segment 2's record, scanned and not found)", got)
 	}
 }

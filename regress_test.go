@@ -223,61 +223,11 @@ func TestRegressionPreDoneInLateSegments(t *testing.T) {
 	dir := t.TempDir()
 	const n = 3000
 	opts := []Option{WithAcks(n), WithSegmentSize(1 << 10), WithBatchBytes(256)}
-
-	// Session 1: n messages stored, in many small segments.
-	src := make(chan string)
-	c, err := New(dir, src, String, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range n {
-		if err := c.Store(akMsg("r", i)); err != nil {
-			t.Fatalf("Store: %v", err)
-		}
-	}
-	akMustClose(t, c)
-
-	// Session 2: every message delivered; all but the first acknowledged, so the cursor
-	// stays at the first record and the done sets cover all the others.
-	src = make(chan string)
-	c, err = New(dir, src, String, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := c.Stats(); s.OnDisk != n {
-		t.Fatalf("session 2: OnDisk %d at open, want %d", s.OnDisk, n)
-	}
-	for i := range n {
-		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-		if !ok {
-			t.Fatalf("session 2: delivery %d of %d did not come; stats %+v", i+1, n, c.Stats())
-		}
-		if i > 0 {
-			if err := c.Ack(d.Seq); err != nil {
-				t.Fatalf("Ack(%d): %v", d.Seq, err)
-			}
-		}
-	}
-	akMustClose(t, c)
-
-	// Session 3: only the first message is left.
-	src = make(chan string)
-	c, err = New(dir, src, String, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if s := c.Stats(); s.OnDisk != 1 {
-		t.Errorf("session 3: OnDisk %d at open, want 1 (one message not acknowledged); %+v", s.OnDisk, s)
-	}
-	close(src)
-	got := akDrainAcked(t, c, 5*time.Second)
-	if len(got) != 1 || got[0].Msg != akMsg("r", 0) {
-		t.Errorf("session 3: %d deliveries, want the first message alone", len(got))
-	}
-	if s := c.Stats(); s.OnDisk != 0 {
-		t.Errorf("session 3: OnDisk %d after the drain, want 0; %+v", s.OnDisk, s)
-	}
+	// Stored in many small segments; all delivered and all but the first acknowledged, so
+	// the cursor stays at the first record and the done sets cover all the others.
+	ltSetup(t, dir, n, opts)
+	// Only the first message is left: OnDisk 1 at open and 0 once it is acknowledged.
+	ltSession3(t, dir, opts, 1)
 }
 
 // Store right before src closes: the stored message is delivered before Out closes (the
