@@ -456,7 +456,7 @@ func TestInterleaveBacklogShare(t *testing.T) {
 	dir := t.TempDir()
 	src := make(chan string, 1024)
 	c := open(t, dir, src, WithBuffer(16))
-	spillBacklog(t, c, src, "old", 4000)
+	spillBacklog(t, c, src, "old", 40000) // more than is taken below: the share is the rule's
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -469,9 +469,13 @@ func TestInterleaveBacklogShare(t *testing.T) {
 			}
 		}
 	}()
-	got := recvN(c.Out(), 20000, 3*time.Second)
+	const take = 20000
+	got := recvN(c.Out(), take, 5*time.Second)
 	close(stop)
 	<-done
+	if len(got) != take {
+		t.Fatalf("took %d of %d within the deadline", len(got), take)
+	}
 	nOld := 0
 	for _, g := range got {
 		if strings.HasPrefix(g, "old") {
@@ -482,6 +486,7 @@ func TestInterleaveBacklogShare(t *testing.T) {
 	if nOld*refillEvery < len(got)/2 {
 		t.Errorf("backlog share %d of %d, far below 1/%d", nOld, len(got), refillEvery)
 	}
+
 	akWithin(t, 5*time.Second, "Close", func() { c.Close() })
 }
 
