@@ -470,7 +470,7 @@ func (l *loopState[T]) hold() bool {
 		// taken holdTake more.
 		l.slow, l.slowFloor = true, l.tab.floor
 	}
-	if c.opts.writeAhead || l.cur != nil || len(l.outq) > 0 || c.inflight.Load() > 0 || c.backlog.Load() ||
+	if c.opts.writeAhead || l.cur != nil || !l.diskIdle() ||
 		l.slow && l.tab.floor-l.slowFloor < half || len(c.src) >= cap(c.src) {
 		l.holdSince, l.holdC = 0, nil
 		return false
@@ -507,8 +507,14 @@ func (l *loopState[T]) accepting() bool {
 // mode; in ordered mode when nothing is pending, on its way to disk, on disk or being
 // handed out from a refill batch.
 func (l *loopState[T]) queueEmpty() bool {
-	return !l.c.opts.ordered ||
-		(l.queued() == 0 && len(l.outq) == 0 && l.cur == nil && l.c.inflight.Load() == 0 && !l.c.backlog.Load())
+	return !l.c.opts.ordered || l.queued() == 0 && l.cur == nil && l.diskIdle()
+}
+
+// diskIdle reports whether nothing is on its way to or from the disk: no batch queued for
+// the compressors or in their hands, no backlog on disk. (inflight is read before
+// backlog: the disk goroutine sets backlog before a batch stops counting in flight.)
+func (l *loopState[T]) diskIdle() bool {
+	return len(l.outq) == 0 && l.c.inflight.Load() == 0 && !l.c.backlog.Load()
 }
 
 // canSend reports whether another delivery may go out (WithAcks: the window).
@@ -580,7 +586,7 @@ func (l *loopState[T]) next() (v T, id MsgID, ok bool) {
 		return v, id, false
 	}
 	pend := !l.c.opts.writeAhead && l.queued() > 0 &&
-		(!l.c.opts.ordered || (len(l.outq) == 0 && l.c.inflight.Load() == 0 && !l.c.backlog.Load()))
+		(!l.c.opts.ordered || l.diskIdle())
 	switch {
 	case pend && (l.cur == nil || !l.c.opts.ordered && l.directRun < refillEvery-1):
 		l.fromPending = true
@@ -814,9 +820,8 @@ func (c *Chan[T]) loop() {
 // finished reports, once src is closed, whether everything is done: nothing pending,
 // nothing on its way to or from the disk, every delivery done.
 func (l *loopState[T]) finished() bool {
-	c := l.c
-	return l.queued() == 0 && len(l.outq) == 0 && l.cur == nil && l.pending != nil && len(l.stores) == 0 &&
-		c.inflight.Load() == 0 && !c.backlog.Load() && l.tab.out() == 0 && len(l.doneIDs) == 0
+	return l.queued() == 0 && l.cur == nil && l.diskIdle() && l.pending != nil && len(l.stores) == 0 &&
+		l.tab.out() == 0 && len(l.doneIDs) == 0
 }
 
 // publish adds the loop's counter changes to the Stats.
