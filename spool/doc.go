@@ -38,6 +38,12 @@
 // so that Open counts the backlog without reading the segment; extra the owner's bytes
 // (SetExtra, at most MaxExtra); the CRC-32C (Castagnoli) covers every byte before it.
 //
+// The reader trusts index: it reads the record framed at that offset (CRC-checked) without
+// walking the segment from its start. A cursor file written by someone else, pointing into
+// the middle of a record whose payload holds a whole framed record (zstd and S2 store
+// incompressible bytes as they are), would have that embedded record delivered: the
+// spool directory must be writable by its owner alone.
+//
 // Older versions are still read, and replaced by version 4 at the next checkpoint.
 // Version 3 has the layout above without delivered (Open then counts by scanning the
 // segment). Version 2 has the layout of version 3 with 02, and its index is the record's

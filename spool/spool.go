@@ -307,7 +307,7 @@ func (s *Spool) Holds(seq, off uint64) bool {
 	if sg == nil {
 		return false
 	}
-	return sg.lazy || sg.metaCount || !sg.endKnown || off < sg.end
+	return !sg.scanned() || !sg.endKnown || off < sg.end
 }
 
 // Scanned reports whether segment seq is in the spool and its counts come from reading
@@ -315,8 +315,11 @@ func (s *Spool) Holds(seq, off uint64) bool {
 // in it is not counted.
 func (s *Spool) Scanned(seq uint64) bool {
 	sg := s.segAt(seq)
-	return sg != nil && !sg.lazy && !sg.metaCount
+	return sg != nil && sg.scanned()
 }
+
+// scanned reports whether sg's counts come from reading its file.
+func (sg *seg) scanned() bool { return !sg.lazy && !sg.metaCount }
 
 // segAt returns segment seq, nil if it is not in the spool.
 func (s *Spool) segAt(seq uint64) *seg {
