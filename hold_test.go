@@ -135,23 +135,23 @@ func TestNextDirectFirstShare(t *testing.T) {
 	}
 }
 
-// A backlog on disk and a producer sending at full speed: new messages go to the consumer
-// first and the backlog drains beside them (TestNextDirectFirstShare checks the share);
-// everything arrives exactly once, and some of the backlog comes while the producer is
-// still sending.
-func TestDirectFirstWithBacklog(t *testing.T) {
+// A backlog on disk and a producer sending at full speed, new messages going to the
+// consumer first (TestNextDirectFirstShare and TestInterleaveBacklogShare check the
+// share): everything arrives exactly once, and some of the backlog comes while the
+// producer is still sending.
+func TestBacklogWithProducerExactlyOnce(t *testing.T) {
 	const backlog, live = 5000, 40000
 	dir := t.TempDir()
 	src := make(chan string, 1024)
 	c := open(t, dir, src, WithBuffer(100))
 	old := msgs("old", backlog)
-	for _, m := range old {
-		src <- m
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Stats().OnDisk < backlog-200 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond) // the consumer is not there yet: spilled
-	}
+	akWithin(t, 10*time.Second, "sending the backlog", func() {
+		for _, m := range old {
+			src <- m
+		}
+	})
+	// the consumer is not there yet: spilled
+	waitStats(t, c, 10*time.Second, "the backlog on disk", func(s Stats) bool { return s.OnDisk >= backlog-200 })
 	isOld := map[string]bool{}
 	for _, m := range old {
 		isOld[m] = true
