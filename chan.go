@@ -159,6 +159,7 @@ type finishReq[T any] struct {
 	done       []MsgID
 	sentUpTo   MsgID           // the last message handed out of a record handed out in part
 	shadowDone map[uint64]bool // deliveries done while being written: their copies are done too
+	syncs      []*syncReq      // Sync calls not passed on yet: answered with the result
 	reply      chan error
 }
 
@@ -347,9 +348,21 @@ func (c *Chan[T]) Store(v T) error {
 // time), or when ctx ends. A producer that reads from a file into an unbuffered src uses it
 // to checkpoint its input offset. If some of those messages cannot be written at all (the
 // codec refuses them; they wait in memory for the consumer), it says so with an error
-// wrapping ErrCodec.
+// wrapping ErrCodec. A Sync waiting when the Chan ends (Close, or src closed and every
+// message done), or called after it ended by itself, returns what storing everything came
+// to (nil: all written); called after Close, it returns ErrClosed.
 func (c *Chan[T]) Sync(ctx context.Context) error {
-	return c.call(ctx, request[T]{reply: make(chan error, 1)})
+	err := c.call(ctx, request[T]{reply: make(chan error, 1)})
+	if err == ErrClosed {
+		select {
+		case <-c.closing:
+			return err
+		default:
+		}
+		<-c.done // call saw it closed: the Chan ended by itself, nothing was left to write
+		return c.closeErr
+	}
+	return err
 }
 
 func (c *Chan[T]) call(ctx context.Context, r request[T]) error {
@@ -1078,14 +1091,10 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 		if q := l.pending[min(l.ph, len(l.pending)):]; len(q) > 0 {
 			req.batches = append(req.batches, &batch[T]{kind: bSpill, msgs: q})
 		}
-		for _, r := range l.syncs {
-			r.reply <- ErrClosed
-		}
-	} else {
-		for _, r := range l.syncs {
-			r.reply <- nil // src closed and every message done: nothing left to write
-		}
 	}
+	// Sync calls the loop still holds are answered by the disk goroutine with what
+	// storing everything came to, as those it holds itself (nil: all written).
+	req.syncs = l.syncs
 	req.done, req.stores = l.doneIDs, l.stores
 	if l.cur != nil && l.ci > 0 {
 		req.sentUpTo = l.cur.ids[l.ci-1]

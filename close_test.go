@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -580,5 +581,75 @@ func TestStoreDelivered(t *testing.T) {
 			rest, _ := clReopen(t, dir, acks)
 			checkSame(t, "stored, after a restart", second, rest)
 		})
+	}
+}
+
+// A Sync waiting when Close comes (the cap blocks writing its batch) is answered with
+// what storing everything came to: nil, Close lifts the cap and writes it, and the
+// messages are all delivered after a reopen. Not ErrClosed: the caller's messages are
+// stored. And once src is closed and every message is done, Sync returns nil.
+func TestSyncAnsweredByClose(t *testing.T) {
+	dir := t.TempDir()
+	src := make(chan string)
+	opts := []Option{WithMaxDiskBytes(3 << 20), WithSegmentSize(1 << 20), WithWhenFull(Block),
+		WithBuffer(10), WithErrorHandler(func(error) {}), WithCompression(S2)}
+	c, err := New(dir, src, String, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := 0
+	stop, prodDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(prodDone)
+		for i := 0; ; i++ {
+			select {
+			case src <- fmt.Sprintf("%08d %s", i, strings.Repeat(fmt.Sprint(i*7919), 30)):
+				sent++
+			case <-stop:
+				return
+			}
+		}
+	}()
+	waitStats(t, c, 30*time.Second, "the cap to be reached", func(s Stats) bool { return s.Errors > 0 })
+	close(stop)
+	<-prodDone
+	syncErr := make(chan error, 1)
+	go func() { syncErr <- c.Sync(context.Background()) }()
+	select {
+	case err := <-syncErr:
+		t.Fatalf("Sync returned %v at the cap, before Close", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := akClose(t, c); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-syncErr:
+		if err != nil {
+			t.Errorf("Sync answered %v at Close, want nil (everything was stored)", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Sync not answered 5s after Close")
+	}
+	got, _ := reopenAndDrain(t, dir, opts...)
+	if len(got) != sent {
+		t.Errorf("%d delivered after reopen, want the %d sent (none was taken before Close)", len(got), sent)
+	}
+
+	// src closed and every message done: Sync has nothing to wait for.
+	src = make(chan string)
+	c, err = New(t.TempDir(), src, String)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() { src <- "one"; close(src) }()
+	if got, closed := drain(c.Out(), 5*time.Second); !closed || len(got) != 1 {
+		t.Fatalf("%d taken, Out closed %v; want one and closed", len(got), closed)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Sync(ctx); err != nil {
+		t.Errorf("Sync after src closed and everything done: %v, want nil", err)
 	}
 }

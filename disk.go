@@ -929,6 +929,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	}
 	c.st.disk(c.peek(d), nil)
 	err := errors.Join(append(d.closeErr, errs...)...)
+	d.syncs = append(d.syncs, req.syncs...)
 	for _, r := range d.syncs {
 		r.reply <- err // everything is written, and fsynced by the spool's Close
 	}
