@@ -256,7 +256,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 	counted := ss.Undelivered - ss.Late
 	pre := tr.preDone()
 	owed := pre - min(pre, counted)
-	c.st.disk(ss, func(s *Stats) { s.OnDisk = counted - (pre - owed) })
+	c.st.disk(ss, func(s *Stats) { s.OnDisk = counted - min(pre, counted) })
 	c.backlog.Store(!sp.Empty())
 	for range batchPool {
 		c.freeCh <- make([]T, 0, 64)
@@ -1076,7 +1076,9 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 		if c.acks == nil {
 			back = c.drainOut(l)
 		} else {
-			c.drainDeliveries()
+			// What the consumer did not receive is not acknowledged: handled as any
+			// unacknowledged delivery.
+			drainChan(c.dels)
 			for s := l.tab.floor + 1; s <= l.tab.sent; s++ {
 				if f := l.tab.at(s); f.st == fMem {
 					back = append(back, f.v)
@@ -1186,17 +1188,4 @@ func (c *Chan[T]) drainOut(l *loopState[T]) []T {
 	t.floor = t.sent
 	t.settle()
 	return back
-}
-
-// drainDeliveries empties Deliveries' buffer: what the consumer did not receive is not
-// acknowledged and is handled as any unacknowledged delivery.
-func (c *Chan[T]) drainDeliveries() {
-	for {
-		select {
-		case <-c.dels:
-			continue
-		default:
-		}
-		return
-	}
 }

@@ -100,8 +100,8 @@ func (c *Chan[T]) recycleRec(rec []byte) {
 // maxDoneReuse is the largest done slice (in IDs) given back to the loop for reuse.
 const maxDoneReuse = 4096
 
-// drainFree empties a channel of buffers kept for reuse.
-func drainFree[E any](ch chan E) {
+// drainChan empties a channel's buffer.
+func drainChan[E any](ch chan E) {
 	for {
 		select {
 		case <-ch:
@@ -115,9 +115,7 @@ func drainFree[E any](ch chan E) {
 // send. Messages the codec refuses are counted and reported. A pooled spill batch goes
 // back to the pool before its last send: nobody needs its messages after encoding.
 func (c *Chan[T]) encodeBatch(w *segment.Writer, b *batch[T], behind bool, send func(encoded[T])) {
-	w.Reset()
-	w.SetCompression(c.compression(behind))
-	w.SetTime(time.Now().UnixNano())
+	c.startRecord(w, behind)
 	emit := func(last bool) {
 		n := w.Len()
 		if n == 0 && !last {
@@ -141,6 +139,14 @@ func (c *Chan[T]) encodeBatch(w *segment.Writer, b *batch[T], behind bool, send 
 		b.msgs = nil
 	}
 	emit(true)
+}
+
+// startRecord empties w for new records, compressed as compression(behind) says and
+// stamped now.
+func (c *Chan[T]) startRecord(w *segment.Writer, behind bool) {
+	w.Reset()
+	w.SetCompression(c.compression(behind))
+	w.SetTime(time.Now().UnixNano())
 }
 
 func (c *Chan[T]) newWriter() *segment.Writer {
@@ -404,8 +410,8 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 				// Idle: the buffers kept for reuse go, so an idle Chan stays small.
 				d.busyAt = 0
 				sp.DropBuffers()
-				drainFree(c.recFree)
-				drainFree(c.doneFree)
+				drainChan(c.recFree)
+				drainChan(c.doneFree)
 			}
 			if d.ticks++; d.ticks%10 == 0 {
 				c.expire(d)
@@ -534,9 +540,7 @@ func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
 		d.w = c.newWriter()
 	}
 	w := d.w
-	w.Reset()
-	w.SetCompression(c.compression(false))
-	w.SetTime(time.Now().UnixNano())
+	c.startRecord(w, false)
 	if err := c.encodeInto(w, r.v, func() {}); err != nil {
 		fail(err)
 		return
@@ -900,7 +904,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 			front = append(front, b)
 			continue
 		}
-		c.storeNow(d, w, b, put)
+		c.encodeBatch(w, b, false, put) // on the disk goroutine itself
 	}
 	// Deliveries written while they waited: their copies are done if they are.
 	for _, b := range d.shadowQ {
@@ -964,11 +968,6 @@ func (c *Chan[T]) settleShadow(d *diskState[T], b *batch[T], done map[uint64]boo
 	if lost > 0 {
 		d.closeErr = append(d.closeErr, fmt.Errorf("pelichan: close: %d messages waiting for the consumer could not be stored: %w", lost, b.err))
 	}
-}
-
-// storeNow encodes and stores b on the disk goroutine itself (at Close).
-func (c *Chan[T]) storeNow(d *diskState[T], w *segment.Writer, b *batch[T], put func(encoded[T])) {
-	c.encodeBatch(w, b, false, put)
 }
 
 // append writes one record within the disk cap. At the cap, or on a full disk, the
@@ -1036,9 +1035,7 @@ func (c *Chan[T]) expire(d *diskState[T]) {
 // storeFront encodes the messages taken back from Out (ordered mode) and puts them in front
 // of the backlog.
 func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) error {
-	w.Reset()
-	w.SetCompression(c.compression(false))
-	w.SetTime(time.Now().UnixNano())
+	c.startRecord(w, false)
 	var recs [][]byte
 	stored := 0
 	flush := func() {
