@@ -182,23 +182,7 @@ func TestInterleaveCloseMidInterleave(t *testing.T) {
 		c := open(t, dir, src, opts...)
 		old := spillBacklog(t, c, src, fmt.Sprintf("o%d-", trial), 3000)
 		sent := append([]string(nil), old...)
-		var mu sync.Mutex
-		stop := make(chan struct{})
-		prodDone := make(chan struct{})
-		go func() {
-			defer close(prodDone)
-			for i := 0; i < 200000; i++ {
-				m := msg(fmt.Sprintf("n%d-", trial), i)
-				select {
-				case src <- m:
-					mu.Lock()
-					sent = append(sent, m)
-					mu.Unlock()
-				case <-stop:
-					return
-				}
-			}
-		}()
+		prod := ilProduce(src, fmt.Sprintf("n%d-", trial), 200000)
 		var got []string
 		want := 500 + trial*137
 		deadline := time.After(5 * time.Second)
@@ -213,8 +197,7 @@ func TestInterleaveCloseMidInterleave(t *testing.T) {
 			}
 		}
 		s := c.Stats()
-		close(stop)
-		<-prodDone
+		sent = append(sent, prod.halt(t)...)
 		checkBalance(t, s) // the backlog was received in this session
 		nOld := 0
 		isOld := map[string]bool{}
@@ -237,9 +220,7 @@ func TestInterleaveCloseMidInterleave(t *testing.T) {
 		sc := c.Stats()
 		checkBalance(t, sc)
 		rest, rs := reopenAndDrain(t, dir)
-		mu.Lock()
 		all := append([]string(nil), sent...)
-		mu.Unlock()
 		got = append(got, rest...)
 		checkSame(t, fmt.Sprintf("trial %d (old %d of first %d)", trial, nOld, want), all, got)
 		t.Logf("trial %d: first session %d (old %d), after Close %+v; reopen %d, %+v", trial, want, nOld, sc, len(rest), rs)
@@ -258,23 +239,7 @@ func TestInterleaveAcksCloseMidInterleave(t *testing.T) {
 		c := open(t, dir, src, WithBuffer(1+trial*13%50), WithAcks(8+trial*5), WithLinger(20*time.Millisecond))
 		old := spillBacklog(t, c, src, fmt.Sprintf("o%d-", trial), 2000)
 		sent := append([]string(nil), old...)
-		var mu sync.Mutex
-		stop := make(chan struct{})
-		prodDone := make(chan struct{})
-		go func() {
-			defer close(prodDone)
-			for i := 0; i < 200000; i++ {
-				m := msg(fmt.Sprintf("n%d-", trial), i)
-				select {
-				case src <- m:
-					mu.Lock()
-					sent = append(sent, m)
-					mu.Unlock()
-				case <-stop:
-					return
-				}
-			}
-		}()
+		prod := ilProduce(src, fmt.Sprintf("n%d-", trial), 200000)
 		rng := rand.New(rand.NewSource(int64(trial)))
 		acked := map[string]bool{}
 		var unacked []Delivery[string]
@@ -305,8 +270,7 @@ func TestInterleaveAcksCloseMidInterleave(t *testing.T) {
 		}
 		s := c.Stats()
 		akIdentity(t, "before Close", s, 0)
-		close(stop)
-		<-prodDone
+		sent = append(sent, prod.halt(t)...)
 		akMustClose(t, c)
 		sent = leftInSrc(sent, src)
 		drainClosed(t, c.Deliveries())
@@ -330,14 +294,12 @@ func TestInterleaveAcksCloseMidInterleave(t *testing.T) {
 				break
 			}
 		}
-		mu.Lock()
 		for _, m := range sent { // acknowledged before Close, or delivered after it
 			if !acked[m] && seen[m] == 0 {
 				t.Errorf("trial %d: %q lost", trial, m[:12])
 				break
 			}
 		}
-		mu.Unlock()
 		if t.Failed() {
 			return
 		}
@@ -352,35 +314,16 @@ func TestInterleaveOrderedCloseMidStream(t *testing.T) {
 		c := open(t, dir, src, WithOrdered(), WithBuffer(1+trial*11), WithLinger(10*time.Millisecond))
 		old := spillBacklog(t, c, src, "a", 3000)
 		sent := append([]string(nil), old...)
-		var mu sync.Mutex
-		stop := make(chan struct{})
-		prodDone := make(chan struct{})
-		go func() {
-			defer close(prodDone)
-			for i := 0; ; i++ {
-				m := msg("b", i)
-				select {
-				case src <- m:
-					mu.Lock()
-					sent = append(sent, m)
-					mu.Unlock()
-				case <-stop:
-					return
-				}
-			}
-		}()
+		prod := ilProduce(src, "b", -1)
 		got := recvN(c.Out(), 3500+trial*200, 3*time.Second)
-		close(stop)
-		<-prodDone
+		sent = append(sent, prod.halt(t)...)
 		akWithin(t, 5*time.Second, "Close", func() { c.Close() })
 		sent = leftInSrc(sent, src)
 		got = append(got, drainClosed(t, c.Out())...)
 		rest, _ := reopenAndDrain(t, dir, WithOrdered())
 		got = append(got, rest...)
-		mu.Lock()
 		checkSame(t, "ordered", sent, got)
 		checkOrder(t, "ordered", sent, got)
-		mu.Unlock()
 		if t.Failed() {
 			return
 		}
@@ -535,22 +478,7 @@ func TestInterleaveSyncStoreMidInterleave(t *testing.T) {
 		c := open(t, dir, src, WithBuffer(1+trial*9), WithLinger(15*time.Millisecond))
 		old := spillBacklog(t, c, src, "o", 2000)
 		sent := append([]string(nil), old...)
-		var mu sync.Mutex
-		stop, prodDone := make(chan struct{}), make(chan struct{})
-		go func() {
-			defer close(prodDone)
-			for i := 0; i < 100000; i++ {
-				m := msg("n", i)
-				select {
-				case src <- m:
-					mu.Lock()
-					sent = append(sent, m)
-					mu.Unlock()
-				case <-stop:
-					return
-				}
-			}
-		}()
+		prod := ilProduce(src, "n", 100000)
 		var got []string
 		for k := 0; k < 1500; k++ {
 			select {
@@ -577,8 +505,7 @@ func TestInterleaveSyncStoreMidInterleave(t *testing.T) {
 				got = got[:len(got)-1]
 			}
 		}
-		close(stop)
-		<-prodDone
+		sent = append(sent, prod.halt(t)...)
 		checkBalance(t, c.Stats())
 		akWithin(t, 5*time.Second, "Close", func() { c.Close() })
 		sent = leftInSrc(sent, src)
@@ -604,22 +531,7 @@ func TestInterleaveWriteAheadNeverPending(t *testing.T) {
 		akSend(t, src, m, 3*time.Second)
 	}
 	sent := append([]string(nil), old...)
-	var mu sync.Mutex
-	stop, prodDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(prodDone)
-		for i := 0; i < 50000; i++ {
-			m := msg("n", i)
-			select {
-			case src <- m:
-				mu.Lock()
-				sent = append(sent, m)
-				mu.Unlock()
-			case <-stop:
-				return
-			}
-		}
-	}()
+	prod := ilProduce(src, "n", 50000)
 	seen := map[string]int{}
 	acked := map[string]bool{}
 	var out []string // delivered and not acknowledged
@@ -649,8 +561,7 @@ func TestInterleaveWriteAheadNeverPending(t *testing.T) {
 			acked[d.Msg] = true
 		}
 	}
-	close(stop)
-	<-prodDone
+	sent = append(sent, prod.halt(t)...)
 	akMustClose(t, c)
 	sent = leftInSrc(sent, src)
 	drainClosed(t, c.Deliveries())
@@ -686,4 +597,45 @@ func drainClosed[T any](t *testing.T, ch <-chan T) []T {
 		t.Fatalf("not closed 5s after Close (%d taken)", len(got))
 	}
 	return got
+}
+
+// ilProducer sends messages numbered from 0 under a prefix on src, n of them (n < 0:
+// without end), until halted, and keeps those src took.
+type ilProducer struct {
+	mu         sync.Mutex
+	sent       []string
+	stop, done chan struct{}
+}
+
+func ilProduce(src chan<- string, prefix string, n int) *ilProducer {
+	p := &ilProducer{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for i := 0; n < 0 || i < n; i++ {
+			m := msg(prefix, i)
+			select {
+			case src <- m:
+				p.mu.Lock()
+				p.sent = append(p.sent, m)
+				p.mu.Unlock()
+			case <-p.stop:
+				return
+			}
+		}
+	}()
+	return p
+}
+
+// halt stops the producer (within 5 s) and returns what src took.
+func (p *ilProducer) halt(t *testing.T) []string {
+	t.Helper()
+	close(p.stop)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the producer did not stop")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sent
 }
