@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"hash/maphash"
-	"runtime"
 	"testing"
 	"time"
 
@@ -69,28 +68,35 @@ func BenchmarkSpill(b *testing.B) {
 	}
 }
 
-// BenchmarkRefill: a backlog on disk is drained by a consumer that keeps up.
-func BenchmarkRefill(b *testing.B) {
-	lines, total := benchLines(4096)
+// benchBacklog stores n lines (cycling through lines) in a new spool directory, with the
+// consumer away, and returns the directory.
+func benchBacklog(b *testing.B, lines [][]byte, n int) string {
 	dir := b.TempDir()
 	src := make(chan []byte, 256)
 	c, err := New(dir, src, Bytes, WithBuffer(0), WithSync(SyncNever))
 	if err != nil {
 		b.Fatal(err)
 	}
-	for i := 0; i < b.N; i++ {
+	for i := 0; i < n; i++ {
 		src <- lines[i%len(lines)]
 	}
-	waitStored(c, int64(b.N))
+	waitStored(c, int64(n))
 	if err := c.Close(); err != nil {
 		b.Fatal(err)
 	}
+	return dir
+}
+
+// BenchmarkRefill: a backlog on disk is drained by a consumer that keeps up.
+func BenchmarkRefill(b *testing.B) {
+	lines, total := benchLines(4096)
+	dir := benchBacklog(b, lines, b.N)
 	b.SetBytes(total / int64(len(lines)))
 	b.ReportAllocs()
 	b.ResetTimer()
 	src2 := make(chan []byte)
 	close(src2)
-	c, err = New(dir, src2, Bytes, WithSync(SyncNever))
+	c, err := New(dir, src2, Bytes, WithSync(SyncNever))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -113,25 +119,13 @@ func BenchmarkRefill(b *testing.B) {
 // BenchmarkWorkingConsumerAlone, the same consumer on a copy of each line.
 func BenchmarkRefillWorkingConsumer(b *testing.B) {
 	lines, total := benchLines(4096)
-	dir := b.TempDir()
-	src := make(chan []byte, 256)
-	c, err := New(dir, src, Bytes, WithBuffer(0), WithSync(SyncNever))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < b.N; i++ {
-		src <- lines[i%len(lines)]
-	}
-	waitStored(c, int64(b.N))
-	if err := c.Close(); err != nil {
-		b.Fatal(err)
-	}
+	dir := benchBacklog(b, lines, b.N)
 	b.SetBytes(total / int64(len(lines)))
 	b.ReportAllocs()
 	b.ResetTimer()
 	src2 := make(chan []byte)
 	close(src2)
-	c, err = New(dir, src2, Bytes, WithSync(SyncNever), WithBuffer(100))
+	c, err := New(dir, src2, Bytes, WithSync(SyncNever), WithBuffer(100))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -299,38 +293,7 @@ func BenchmarkAcks(b *testing.B) {
 // went idle (compressor and decoder state released after a second without work).
 func BenchmarkIdleAfterSpill(b *testing.B) {
 	lines, _ := benchLines(5000)
-	const chans = 20
-	for i := 0; i < b.N; i++ {
-		var before runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		cs := make([]*Chan[[]byte], chans)
-		for k := range cs {
-			src := make(chan []byte)
-			c, err := New(b.TempDir(), src, Bytes, WithBuffer(100))
-			if err != nil {
-				b.Fatal(err)
-			}
-			cs[k] = c
-			for _, l := range lines {
-				src <- l
-			}
-			waitStored(c, int64(len(lines)))
-			for range lines {
-				<-c.Out()
-			}
-		}
-		time.Sleep(idleRelease + 500*time.Millisecond)
-		var after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/chans, "heap-bytes/chan")
-		for _, c := range cs {
-			if err := c.Close(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
+	benchIdleHeap(b, 20, len(lines), idleRelease+500*time.Millisecond, func(j int) []byte { return lines[j] }, WithBuffer(100))
 }
 
 // BenchmarkOpenToFirst: New on a spool holding a backlog of 500k lines (the bench/
@@ -338,20 +301,7 @@ func BenchmarkIdleAfterSpill(b *testing.B) {
 // message, so the backlog barely moves.
 func BenchmarkOpenToFirst(b *testing.B) {
 	lines, _ := benchLines(4096)
-	dir := b.TempDir()
-	src := make(chan []byte, 256)
-	c, err := New(dir, src, Bytes, WithBuffer(0), WithSync(SyncNever))
-	if err != nil {
-		b.Fatal(err)
-	}
-	const backlog = 500_000
-	for i := 0; i < backlog; i++ {
-		src <- lines[i%len(lines)]
-	}
-	waitStored(c, backlog)
-	if err := c.Close(); err != nil {
-		b.Fatal(err)
-	}
+	dir := benchBacklog(b, lines, 500_000)
 	b.ReportAllocs()
 	b.ResetTimer()
 	var inNew time.Duration

@@ -13,38 +13,8 @@ import (
 // went idle. (The spool keeps its read buffers for reuse until the Chan has been idle a second.)
 func BenchmarkIdleAfterRefill(b *testing.B) {
 	lines, _ := benchLines(4096)
-	const chans, n = 4, 100000
-	for i := 0; i < b.N; i++ {
-		var before runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		cs := make([]*Chan[[]byte], chans)
-		for k := range cs {
-			src := make(chan []byte)
-			c, err := New(b.TempDir(), src, Bytes, WithBuffer(100), WithSegmentSize(1<<20), WithSync(SyncNever))
-			if err != nil {
-				b.Fatal(err)
-			}
-			cs[k] = c
-			for j := range n {
-				src <- lines[j%len(lines)]
-			}
-			waitStored(c, n)
-			for range n {
-				<-c.Out()
-			}
-		}
-		time.Sleep(idleRelease + 1500*time.Millisecond)
-		var after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/chans, "heap-bytes/chan")
-		for _, c := range cs {
-			if err := c.Close(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
+	benchIdleHeap(b, 4, 100000, idleRelease+1500*time.Millisecond, func(j int) []byte { return lines[j%len(lines)] },
+		WithBuffer(100), WithSegmentSize(1<<20), WithSync(SyncNever))
 }
 
 // BenchmarkIdleAfterLargeMessages: heap held per Chan, idle, after it spilled a few
@@ -59,7 +29,19 @@ func BenchmarkIdleAfterLargeMessages(b *testing.B) {
 			binary.LittleEndian.PutUint64(big[k][j:], rng.Uint64())
 		}
 	}
-	const chans = 2
+	msg := func(j int) []byte {
+		if j%300 == 0 {
+			return big[j/300%len(big)]
+		}
+		return lines[j%len(lines)]
+	}
+	benchIdleHeap(b, 2, 2000, idleRelease+1500*time.Millisecond, msg, WithBuffer(0), WithSync(SyncNever))
+}
+
+// benchIdleHeap reports the heap held per Chan, idle (settle after the last message),
+// by chans Chans that each took n messages (msg(j)) with the consumer away, so they were
+// spilled, and then delivered them all.
+func benchIdleHeap(b *testing.B, chans, n int, settle time.Duration, msg func(j int) []byte, opts ...Option) {
 	for i := 0; i < b.N; i++ {
 		var before runtime.MemStats
 		runtime.GC()
@@ -67,30 +49,24 @@ func BenchmarkIdleAfterLargeMessages(b *testing.B) {
 		cs := make([]*Chan[[]byte], chans)
 		for k := range cs {
 			src := make(chan []byte)
-			c, err := New(b.TempDir(), src, Bytes, WithBuffer(0), WithSync(SyncNever))
+			c, err := New(b.TempDir(), src, Bytes, opts...)
 			if err != nil {
 				b.Fatal(err)
 			}
 			cs[k] = c
-			sent := 0
-			for j := range 2000 {
-				if j%300 == 0 {
-					src <- big[j/300%len(big)]
-				} else {
-					src <- lines[j%len(lines)]
-				}
-				sent++
+			for j := range n {
+				src <- msg(j)
 			}
-			waitStored(c, int64(sent))
-			for range sent {
+			waitStored(c, int64(n))
+			for range n {
 				<-c.Out()
 			}
 		}
-		time.Sleep(idleRelease + 1500*time.Millisecond)
+		time.Sleep(settle)
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/chans, "heap-bytes/chan")
+		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/float64(chans), "heap-bytes/chan")
 		for _, c := range cs {
 			if err := c.Close(); err != nil {
 				b.Fatal(err)
