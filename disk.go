@@ -802,7 +802,14 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 	res := &decoded{}
 	j.result = res
 	b.msgs, b.ids = b.msgs[:0], b.ids[:0]
-	batch, err := r.Decode(j.rec.Data)
+	// The built-in Bytes and String codecs return messages that refer to a buffer of the
+	// record's own (DecodeOwned) instead of copying each one.
+	shared, isShared := c.codec.(sharedDecoder[T])
+	decode := r.Decode
+	if isShared {
+		decode = r.DecodeOwned
+	}
+	batch, err := decode(j.rec.Data)
 	if err != nil {
 		// The spool checked the CRC, so this is a bug or memory damage: report and skip.
 		res.failed = &CorruptionError{Segment: fmt.Sprintf("%020d", b.key.seg), Offset: int64(b.key.index), Err: err}
@@ -813,7 +820,13 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 		if j.done != nil && j.done[i/64]&(1<<(i%64)) != 0 {
 			continue
 		}
-		v, err := c.codec.Decode(batch.Message(i))
+		var v T
+		var err error
+		if isShared {
+			v = shared.decodeShared(batch.Message(i))
+		} else {
+			v, err = c.codec.Decode(batch.Message(i))
+		}
 		if err != nil {
 			res.dropped = append(res.dropped, i)
 			res.errs = append(res.errs, &DecodeError{

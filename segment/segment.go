@@ -417,6 +417,17 @@ func (r *Reader) Decode(rec []byte) (Batch, error) {
 	return b, err
 }
 
+// DecodeOwned is Decode with the messages in a buffer of their own: the Reader never
+// reuses it, so the slices Message returns stay valid and unchanged after later calls (the
+// caller may keep them, and each keeps the whole buffer from the garbage collector). The
+// Batch itself is valid only until the next call, as Decode's.
+func (r *Reader) DecodeOwned(rec []byte) (Batch, error) {
+	r.raw = nil
+	b, err := r.Decode(rec)
+	r.raw = nil
+	return b, err
+}
+
 func (r *Reader) decode(rec []byte) (Batch, error) {
 	// Verify refuses a count or raw length beyond the format limits, so nothing below
 	// allocates or decompresses more than MaxRawSize + 4×MaxCount bytes.

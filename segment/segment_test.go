@@ -410,6 +410,51 @@ func TestReaderReuse(t *testing.T) {
 	}
 }
 
+// DecodeOwned's messages (the slices Message returns) are the caller's: they stay as decoded through every later
+// Decode and DecodeOwned on the same Reader (of either compression, and after an error),
+// and through the caller overwriting the record.
+func TestDecodeOwnedKeepsMessages(t *testing.T) {
+	logs := newLogGen(7)
+	var big [][]byte
+	for range 400 {
+		big = append(big, logs.line())
+	}
+	small := [][]byte{[]byte("s1"), {}, []byte("s3")}
+	bad := encode(t, 3, small)
+	bad[len(bad)-1] ^= 1
+	r := NewReader()
+	defer r.Close()
+	var got [][][]byte // each record's messages, taken from the Batch at once
+	for i, comp := range []Compression{Zstd, S2, Zstd, S2} {
+		rec := encodeComp(t, comp, int64(i), big)
+		b, err := r.DecodeOwned(rec)
+		if err != nil {
+			t.Fatalf("record %d (%v): %v", i, comp, err)
+		}
+		checkBatch(t, b, int64(i), big)
+		msgs := make([][]byte, b.Count)
+		for j := range msgs {
+			msgs[j] = b.Message(j)
+		}
+		got = append(got, msgs)
+		clear(rec)
+		// Reuse the Reader's own buffer in between: it must not be an owned one.
+		if _, err := r.Decode(encodeComp(t, comp, 9, small)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.DecodeOwned(bad); err == nil {
+			t.Fatal("DecodeOwned of a damaged record: no error")
+		}
+	}
+	for i, msgs := range got {
+		for j, m := range msgs {
+			if !bytes.Equal(m, big[j]) {
+				t.Fatalf("record %d message %d changed to %q after later decodes", i, j, trim(m))
+			}
+		}
+	}
+}
+
 // Decode must not keep pointers into rec: the Batch stays intact when the caller
 // overwrites the record buffer.
 func TestBatchIndependentOfRecord(t *testing.T) {
