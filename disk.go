@@ -209,6 +209,30 @@ func (c *Chan[T]) recycle(b []T) {
 	}
 }
 
+// shrinkPools lets go of what the free refill items and the free pending batch slices
+// grew to (a few KiB each for a batch of small messages), for an idle Chan: they grow again
+// when used. A free slice is swapped for an empty one, so that as many stay in circulation.
+func (c *Chan[T]) shrinkPools(d *diskState[T]) {
+	for _, b := range d.free {
+		b.msgs, b.ids = nil, nil
+	}
+	took := 0
+drain:
+	for took < batchPool {
+		select {
+		case <-c.freeCh:
+			took++
+		default:
+			break drain
+		}
+	}
+	for range took {
+		// Never blocks: the channel holds at most batchPool slices, and took of those
+		// in circulation are out of it.
+		c.freeCh <- make([]T, 0)
+	}
+}
+
 // Refill: the disk goroutine reads records (cheap) and hands them, numbered, to the
 // decoders (zstd and the codec: the costly part); decoded batches go to the loop strictly
 // in number order.
@@ -412,6 +436,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 				sp.DropBuffers()
 				drainChan(c.recFree)
 				drainChan(c.doneFree)
+				c.shrinkPools(d)
 			}
 			if d.ticks++; d.ticks%10 == 0 {
 				c.expire(d)

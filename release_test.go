@@ -139,3 +139,39 @@ func TestDoneSlicesLetGoWhenIdle(t *testing.T) {
 		t.Errorf("an idle Chan keeps %d bytes of done slices", held)
 	}
 }
+
+// An idle Chan lets go of what its pools of pending batch slices and refill items grew to
+// (the free slices are swapped for empty ones), and works as before afterwards: a second
+// spill and refill deliver everything once.
+func TestPoolsShrinkWhenIdle(t *testing.T) {
+	dir := t.TempDir()
+	src := make(chan string)
+	c := open(t, dir, src, WithBuffer(0))
+	round := func(prefix string) {
+		t.Helper()
+		sent := msgs(prefix, 3000)
+		for _, m := range sent {
+			select {
+			case src <- m:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: src blocked", prefix)
+			}
+		}
+		waitStats(t, c, 10*time.Second, "spilled", func(s Stats) bool { return s.InMemory == 0 && s.OnDisk == int64(len(sent)) })
+		got := recvN(c.Out(), len(sent), 5*time.Second)
+		checkSame(t, prefix, sent, got)
+	}
+	round("a")
+	time.Sleep(idleRelease + 1500*time.Millisecond) // the idle sweep runs on a checkpoint tick after idleRelease
+	held := 0
+	for range len(c.freeCh) {
+		s := <-c.freeCh
+		held += cap(s)
+		c.freeCh <- s
+	}
+	if held > 0 {
+		t.Errorf("an idle Chan keeps free pending slices with room for %d messages", held)
+	}
+	round("b")
+	checkBalance(t, c.Stats())
+}
