@@ -403,8 +403,11 @@ type loopState[T any] struct {
 	memOnly int // deliveries in fMem
 	now     int64
 	batchNo uint64
-	delta   Stats // counter changes not yet published
-	doneIDs []MsgID
+	delta   Stats   // counter changes not yet published
+	doneIDs []MsgID // done stored messages, for the disk goroutine (see doneBatch)
+	doneT   *time.Timer
+	doneC   <-chan time.Time // fires doneWait after the first of doneIDs
+	doneDue bool             // doneIDs waited doneWait: send them
 	syncs   []*syncReq
 	// shadowDone: deliveries done while being written; their copies are done too.
 	shadowDone map[uint64]bool
@@ -690,9 +693,11 @@ func (l *loopState[T]) burst() {
 
 func (c *Chan[T]) loop() {
 	l := &loopState[T]{c: c, tab: newTable[T](), shadowDone: map[uint64]bool{},
-		linger: time.NewTimer(time.Hour), tick: time.NewTicker(time.Hour)}
+		linger: time.NewTimer(time.Hour), tick: time.NewTicker(time.Hour), doneT: time.NewTimer(time.Hour)}
 	l.linger.Stop()
 	l.tick.Stop()
+	l.doneT.Stop()
+	defer l.doneT.Stop()
 	defer l.linger.Stop()
 	defer l.tick.Stop()
 	defer func() {
@@ -749,7 +754,8 @@ func (c *Chan[T]) loop() {
 		if l.pending == nil {
 			getFree = c.freeCh
 		}
-		if len(l.doneIDs) > 0 || len(l.syncs) > 0 || len(l.stores) > 0 {
+		if len(l.doneIDs) >= doneBatch || l.doneDue || l.srcClosed && len(l.doneIDs) > 0 ||
+			len(l.syncs) > 0 || len(l.stores) > 0 {
 			sendCtl = c.ctlCh
 			ctlMsg.done = l.doneIDs
 			ctlMsg.stores = l.stores
@@ -792,6 +798,8 @@ func (c *Chan[T]) loop() {
 			l.pending = p[:0]
 		case sendCtl <- ctlMsg:
 			l.doneIDs, l.stores = nil, nil
+			l.doneDue, l.doneC = false, nil
+			l.doneT.Stop()
 			if ctlMsg.sync != nil {
 				l.syncs = l.syncs[1:]
 			}
@@ -814,6 +822,8 @@ func (c *Chan[T]) loop() {
 					l.lingerC, l.flushNow = l.linger.C, false
 				}
 			}
+		case <-l.doneC:
+			l.doneC, l.doneDue = nil, true
 		case <-l.holdC:
 			l.holdC = nil // full looks at the window again
 		case <-l.tick.C:
@@ -885,6 +895,15 @@ func (l *loopState[T]) reap() {
 	}
 }
 
+// Done stored messages go to the disk goroutine doneBatch at a time, or doneWait after
+// the first of them (sooner with a Sync, a Store, or once src is closed): one wake-up of
+// the disk goroutine per message handed out would cost more than handing it out. The
+// wait adds little to the checkpoint interval, which bounds what a crash delivers again.
+const (
+	doneBatch = 1024
+	doneWait  = 2 * time.Millisecond
+)
+
 // addDone notes that the stored message id is done, for the disk goroutine. The slice
 // comes from those it gave back, if it has one.
 func (l *loopState[T]) addDone(id MsgID) {
@@ -893,6 +912,10 @@ func (l *loopState[T]) addDone(id MsgID) {
 		case l.doneIDs = <-l.c.doneFree:
 		default:
 		}
+	}
+	if len(l.doneIDs) == 0 && l.doneC == nil && !l.doneDue {
+		l.doneT.Reset(doneWait)
+		l.doneC = l.doneT.C
 	}
 	l.doneIDs = append(l.doneIDs, id)
 }

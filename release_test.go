@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -174,4 +175,61 @@ func TestPoolsShrinkWhenIdle(t *testing.T) {
 	}
 	round("b")
 	checkBalance(t, c.Stats())
+}
+
+// Done messages reach the cursor file within about a checkpoint interval even when they
+// are fewer than a batch of done IDs (doneBatch): a copy of the directory taken then (what
+// a crash would leave) delivers only what was not acknowledged.
+func TestFewDoneReachCursorSoon(t *testing.T) {
+	dir := t.TempDir()
+	src := make(chan string)
+	c, err := New(dir, src, String, WithAcks(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n, acked = 100, 10
+	for i := range n {
+		if err := c.Store(akMsg("few", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seq uint64
+	for i := range n {
+		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
+		if !ok {
+			t.Fatalf("delivery %d missing", i)
+		}
+		if i == acked-1 {
+			seq = d.Seq
+		}
+	}
+	if err := c.AckThrough(seq); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(doneWait + 3*defaults().checkpoint)
+	crashed := t.TempDir()
+	if err := os.CopyFS(crashed, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	src2 := make(chan string)
+	c2, err := New(crashed, src2, String, WithAcks(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	again := 0
+	for {
+		d, ok, _ := akRecv(c2.Deliveries(), 300*time.Millisecond)
+		if !ok {
+			break
+		}
+		again++
+		if err := c2.Ack(d.Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if again != n-acked {
+		t.Errorf("the copy delivered %d messages, want the %d not acknowledged", again, n-acked)
+	}
 }
