@@ -12,7 +12,8 @@ import (
 
 // TestCorruptRecordReportedAndRestDelivered: a byte flipped inside an old segment costs
 // that record only; the handler gets a *CorruptionError naming segment and offset, Stats
-// counts it, every other message is delivered, and the segment is kept as evidence.
+// counts it (Corrupt, and its messages Dropped), every other message is delivered, and the
+// segment is kept as evidence.
 func TestCorruptRecordReportedAndRestDelivered(t *testing.T) {
 	dir := t.TempDir()
 	src := make(chan string)
@@ -72,6 +73,12 @@ func TestCorruptRecordReportedAndRestDelivered(t *testing.T) {
 	if st.Corrupt == 0 {
 		t.Errorf("Stats.Corrupt = 0")
 	}
+	// The damaged record's messages were counted at open (from the segment's meta file):
+	// they are Dropped, not left in OnDisk for good.
+	if st.OnDisk != 0 || st.Dropped != int64(n-got) || st.Refilled != int64(got) {
+		t.Errorf("after the drain: OnDisk %d Dropped %d Refilled %d, want 0, %d, %d", st.OnDisk, st.Dropped, st.Refilled, n-got, got)
+	}
+	checkBalance(t, st, n)
 	if got >= n || got < n-400 {
 		t.Errorf("delivered %d of %d: one damaged record should cost a few hundred messages at most", got, n)
 	}

@@ -724,6 +724,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 	// sealed segment's file).
 	for (len(d.free) > 0 || (!d.lag && len(d.tr.ahead) > 0)) && d.decoding < 3*refillPool {
 		rec, err := d.sp.Next()
+		c.takeMissing(d)
 		if errors.Is(err, io.EOF) {
 			d.lag = false
 			if n := d.addStored(int64(d.tr.lost(d.sp.Has))); n > 0 {
@@ -765,6 +766,37 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 	if read {
 		d.busyAt = time.Now().UnixNano()
 		c.lateCounts(d, c.peek(d))
+	}
+}
+
+// takeMissing settles OnDisk for the messages the reader will not find (spool.Missing):
+// those counted (at open, or late) are moved from OnDisk to Dropped, less those the cursor
+// file marked done, which were taken off OnDisk at open; done messages beyond what was
+// counted (a segment set aside before it was counted) are given back. It runs before the
+// record Next returned with them is reached, so that the tracker still holds what the
+// cursor file said of the segment's records not found.
+func (c *Chan[T]) takeMissing(d *diskState[T]) {
+	ms := d.sp.TakeMissing()
+	if len(ms) == 0 {
+		return
+	}
+	c.lateCounts(d, c.peek(d)) // the segments' own counts first, if they came late
+	var drop, back int64
+	for _, m := range ms {
+		if k := int64(m.Messages) - d.tr.unfound(m.Seg); k > 0 {
+			drop += k
+		} else {
+			back -= k
+		}
+	}
+	back = d.addStored(back) // what open still owes is paid first: it was not taken off
+	if drop > 0 || back > 0 {
+		c.st.update(func(s *Stats) {
+			s.OnDisk += back
+			k := min(drop, max(s.OnDisk, 0)) // never below zero, whatever a cursor file claimed
+			s.OnDisk -= k
+			s.Dropped += k
+		})
 	}
 }
 

@@ -886,6 +886,11 @@ func fzCheck(t *testing.T, pr *fzPristine, dir string, st *fzState) {
 			t.Errorf("report %v does not wrap ErrCorrupt", err)
 		}
 	}
+	// Everything read, nothing left counted: what damage cost is in Dropped (or was never
+	// counted), not in OnDisk for good.
+	if stats.OnDisk != 0 || stats.InMemory != 0 {
+		t.Errorf("after the drain: OnDisk %d InMemory %d, want 0; stats %+v", stats.OnDisk, stats.InMemory, stats)
+	}
 	if t.Failed() {
 		t.Logf("reports: %v", reported)
 		return

@@ -105,6 +105,12 @@ type tracker struct {
 	start   spool.Cursor // the cursor at open
 	changed bool         // since the last checkpoint
 	scanned func(seg uint64) bool
+	// passed: what preDone counted of the records of segment seg (counted from its meta
+	// file) that reached passed without finding them, for unfound.
+	passed struct {
+		seg uint64
+		n   int64
+	}
 }
 
 // newTracker starts from the done sets saved with the cursor (extra), keeping those of
@@ -151,16 +157,41 @@ func cmpKey(a, b recKey) int {
 func (t *tracker) preDone() int64 {
 	var n int64
 	for _, r := range t.pre {
-		n += int64(r.done)
-		if r.key == (recKey{t.start.Seg, t.start.Index}) {
-			// The spool counts the cursor's offset as delivered already.
-			for i := range min(int(t.start.Offset), r.count) {
-				if r.isDone(i) {
-					n--
-				}
+		n += t.preCount(r)
+	}
+	return n
+}
+
+// preCount is what preDone counts of r.
+func (t *tracker) preCount(r *recState) int64 {
+	n := int64(r.done)
+	if r.key == (recKey{t.start.Seg, t.start.Index}) {
+		// The spool counts the cursor's offset as delivered already.
+		for i := range min(int(t.start.Offset), r.count) {
+			if r.isDone(i) {
+				n--
 			}
 		}
 	}
+	return n
+}
+
+// unfound forgets what the cursor file said of the records of segment seg the reader did
+// not find (it has left seg: those still in pre were not found), and returns how many
+// messages preDone counted of them (with those reached passed).
+func (t *tracker) unfound(seg uint64) int64 {
+	var n int64
+	if t.passed.seg == seg {
+		n, t.passed.n = t.passed.n, 0
+	}
+	t.pre = slices.DeleteFunc(t.pre, func(r *recState) bool {
+		if r.key.seg != seg {
+			return false
+		}
+		n += t.preCount(r)
+		t.changed = true
+		return true
+	})
 	return n
 }
 
@@ -179,8 +210,13 @@ func (t *tracker) reached(key recKey, count int, crc uint32, offset int) (*recSt
 	for len(t.pre) > 0 && t.pre[0].key.less(key) {
 		// A record the reader passed without finding it (lost, or damaged): its done
 		// messages were not counted if its segment was counted from its file.
-		if t.scanned(t.pre[0].key.seg) {
-			gone += t.pre[0].done
+		if r := t.pre[0]; t.scanned(r.key.seg) {
+			gone += r.done
+		} else {
+			if t.passed.seg != r.key.seg {
+				t.passed.seg, t.passed.n = r.key.seg, 0
+			}
+			t.passed.n += t.preCount(r)
 		}
 		t.pre = t.pre[1:]
 		t.changed = true

@@ -91,6 +91,7 @@ func (s *Spool) collect() error {
 		if err != nil {
 			return fmt.Errorf("spool: delete consumed segment %s: %w", sg.name(), err)
 		}
+		s.noteMissing(sg)
 		s.dropSeg(sg) // what it still counts undelivered (damaged records) goes with it
 	}
 	return nil

@@ -53,6 +53,7 @@ func (s *Spool) Next() (Record, error) {
 			if step == streamFallback {
 				if err := s.loadReader(sg); err != nil {
 					s.setAside(sg, err)
+					s.noteMissing(sg) // none of the rest will be read
 					s.dropSeg(sg)
 					s.nextSeg(sg.seq)
 					continue
@@ -68,6 +69,7 @@ func (s *Spool) Next() (Record, error) {
 			return s.deliver(sg, uint64(e.offset), e.data, e.hdr), nil
 		}
 		sg.readDone = true
+		s.noteMissing(sg)
 		s.nextSeg(sg.seq)
 		if err := s.collect(); err != nil { // a segment whose last entries were damaged
 			return Record{}, err

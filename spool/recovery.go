@@ -115,8 +115,10 @@ func (s *Spool) load() error {
 			continue
 		}
 		err := s.loadSeg(sg, newest)
-		if err == nil && sg.seq == c.Seg && delivered != unknownDelivered {
-			// Counted when the cursor file was written: no need to read the segment.
+		if err == nil && sg.seq == c.Seg && delivered != unknownDelivered && sg.metaCount {
+			// Counted when the cursor file was written: no need to read the segment. (A
+			// segment without meta was just counted by reading it, which leaves damaged
+			// records out: the messages before the cursor are counted the same way.)
 			sg.delivered = min(delivered, sg.meta.messages)
 			if c.Index == 0 && c.Offset == 0 {
 				sg.delivered = 0
@@ -232,6 +234,9 @@ func (s *Spool) ensureMeta(sg *seg) bool {
 	s.st.Counting--
 	if err := s.loadSeg(sg, false); err != nil {
 		sg.size, sg.meta = 0, segMeta{} // never counted: nothing to subtract
+		if s.opened {
+			s.missing = append(s.missing, Missing{Seg: sg.seq}) // nothing of it was counted
+		}
 		s.setAside(sg, err)
 		s.dropSeg(sg)
 		if s.rseg == sg {

@@ -79,12 +79,13 @@ type seg struct {
 	// reader reads the active segment through its wal.Log, by entry index.
 	offs []uint64
 	// delivered counts this segment's messages acknowledged so far (from its meta count).
-	delivered uint64
-	readDone  bool          // the reader read the whole (sealed) segment
-	lazy      bool          // counts not loaded yet (see countInBackground)
-	metaCount bool          // counts from the meta file (not from reading the WAL file)
-	sealDone  chan struct{} // closed when a background seal finished; nil if none ran
-	synced    chan struct{} // closed when a background seal has fsynced the file (or failed)
+	delivered    uint64
+	readDone     bool          // the reader read the whole (sealed) segment
+	lazy         bool          // counts not loaded yet (see countInBackground)
+	metaCount    bool          // counts from the meta file (not from reading the WAL file)
+	missingNoted bool          // noteMissing ran
+	sealDone     chan struct{} // closed when a background seal finished; nil if none ran
+	synced       chan struct{} // closed when a background seal has fsynced the file (or failed)
 }
 
 // readRec is a record returned by Next and not yet acknowledged.
@@ -104,6 +105,47 @@ type Record struct {
 	segment.Header
 
 	ck *chunk // the buffer Data is in, when it may be reused
+}
+
+// Missing is what the reader did not find of a segment counted from its meta file: Messages
+// counted (in Undelivered and in what Open's owner counted) but in records lost (a file cut
+// short) or damaged, or in a segment set aside unread. They stay in Undelivered until the
+// segment is deleted. Messages is 0 for a segment set aside before it was counted (Open
+// left it to be counted later, and its files could not be read): none of its records will
+// be found, and none was counted.
+type Missing struct {
+	Seg      uint64
+	Messages uint64
+}
+
+// TakeMissing returns, since the last call, the segments counted from their meta files
+// that the reader finished (or set aside) without finding every message counted, and
+// those set aside before they were counted. A segment counted by reading its file counts
+// only the records found, and never appears.
+func (s *Spool) TakeMissing() []Missing {
+	m := s.missing
+	s.missing = nil
+	return m
+}
+
+// noteMissing records, once, the messages of sg counted in Undelivered that Next did not
+// return, when the reader is done with sg: it returned every record of sg it will (read to
+// its end, or the cursor passed its last valid record, or set aside). Not during Open:
+// the owner counts what Open leaves in Undelivered.
+func (s *Spool) noteMissing(sg *seg) {
+	if !sg.metaCount || sg.missingNoted || !s.opened {
+		return
+	}
+	sg.missingNoted = true
+	n := int64(sg.meta.messages) - int64(sg.delivered)
+	for _, r := range s.unack {
+		if r.sg == sg && r.count > r.skip { // an old-style cursor's offset may exceed the count
+			n -= int64(r.count) - int64(r.skip)
+		}
+	}
+	if n > 0 {
+		s.missing = append(s.missing, Missing{Seg: sg.seq, Messages: uint64(n)})
+	}
 }
 
 // Stats describe the spool's disk state.
@@ -154,7 +196,9 @@ type Spool struct {
 	low      uint64 // lowest, 0 if none known
 	saved    savedCursor
 
-	sealing []*seg // segments whose background seal Sync must wait for
+	sealing []*seg    // segments whose background seal Sync must wait for
+	missing []Missing // for TakeMissing
+	opened  bool      // Open has returned
 
 	st     Stats
 	closed bool
@@ -201,6 +245,7 @@ func Open(dir string, opts Options) (*Spool, error) {
 		lock.Close()
 		return nil, err
 	}
+	s.opened = true
 	return s, nil
 }
 

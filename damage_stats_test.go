@@ -1,0 +1,134 @@
+package pelichan
+
+// Stats after damage found while reading segments counted from their meta files (see
+// Spool.TakeMissing): the messages the reader does not find move from OnDisk to Dropped,
+// less those the cursor file marked done.
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// A sealed segment cut short (meta kept): its lost records' messages were counted at open;
+// after the drain they are Dropped and OnDisk is 0, and Stats' identity holds.
+func TestSealedShortSegmentLostToDropped(t *testing.T) {
+	dir := t.TempDir()
+	opts := []Option{WithSegmentSize(1 << 10), WithBatchBytes(256)}
+	const n = 60
+	c := open(t, dir, make(chan string), opts...)
+	for i := range n {
+		if err := c.Store(akMsg("s", i)); err != nil { // a record each
+			t.Fatalf("Store: %v", err)
+		}
+	}
+	mustClose(t, c)
+	segs := segDirs(t, dir)
+	if len(segs) < 3 {
+		t.Fatalf("%d segments: the test needs 3 or more", len(segs))
+	}
+	if _, err := os.Stat(filepath.Join(segs[1], "meta")); err != nil {
+		t.Fatalf("segment %s has no meta file: %v", segs[1], err)
+	}
+	ltCut(t, segs[1], 1)
+	got, st := reopenAndDrain(t, dir, opts...)
+	if len(got) >= n || len(got) == 0 {
+		t.Fatalf("delivered %d of %d: the cut should cost some", len(got), n)
+	}
+	if st.OnDisk != 0 || st.Dropped != int64(n-len(got)) || st.Refilled != int64(len(got)) {
+		t.Errorf("after the drain: OnDisk %d Dropped %d Refilled %d, want 0, %d, %d; %+v",
+			st.OnDisk, st.Dropped, st.Refilled, n-len(got), len(got), st)
+	}
+	checkBalance(t, st, n)
+}
+
+// As above with acknowledgements, where the cursor file marks some of the lost messages
+// done (every other one was acknowledged before the cut): only those not done move to
+// Dropped (the done ones were taken off OnDisk at open), and a restart delivers nothing.
+func TestSealedShortSegmentLostPartlyDone(t *testing.T) {
+	dir := t.TempDir()
+	opts := []Option{WithAcks(100), WithSegmentSize(1 << 10), WithBatchBytes(256)}
+	const n = 60
+	src := make(chan string)
+	c, err := New(dir, src, String, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := c.Store(akMsg("p", i)); err != nil {
+			t.Fatalf("Store: %v", err)
+		}
+	}
+	akMustClose(t, c)
+	c, err = New(dir, make(chan string), String, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
+		if !ok {
+			t.Fatalf("session 2: delivery %d did not come", i)
+		}
+		if i%2 == 1 {
+			if err := c.Ack(d.Seq); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	akMustClose(t, c)
+	segs := segDirs(t, dir)
+	if len(segs) < 3 {
+		t.Fatalf("%d segments: the test needs 3 or more", len(segs))
+	}
+	lost := ltCut(t, segs[1], 1)
+	c, err = New(dir, make(chan string), String, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for {
+		d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond)
+		if !ok {
+			break
+		}
+		got++
+		if err := c.Ack(d.Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := waitStats(t, c, 5*time.Second, "every delivery acknowledged", func(s Stats) bool { return s.Unacked == 0 })
+	t.Logf("%d records cut; delivered %d; then %+v", lost, got, st)
+	if st.OnDisk != 0 || st.Dropped != int64(n/2-got) || st.Dropped == 0 {
+		t.Errorf("after the drain: OnDisk %d Dropped %d, want 0 and the %d not done that were cut", st.OnDisk, st.Dropped, n/2-got)
+	}
+	checkBalance(t, st, n/2) // the backlog: the messages not acknowledged
+	akMustClose(t, c)
+	c, err = New(dir, make(chan string), String, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond); ok {
+		t.Errorf("session 4: delivery %q: a message delivered again", d.Msg)
+	}
+	if s := c.Stats(); s.OnDisk != 0 {
+		t.Errorf("session 4: OnDisk %d at open, want 0", s.OnDisk)
+	}
+}
+
+// segDirs returns the segment directories of the spool in dir, oldest first.
+func segDirs(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var segs []string
+	for _, e := range ents {
+		if e.IsDir() && isSegDir(e.Name()) {
+			segs = append(segs, filepath.Join(dir, e.Name()))
+		}
+	}
+	return segs
+}
