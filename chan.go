@@ -78,6 +78,7 @@ type Chan[T any] struct {
 	doneFree chan []MsgID    // ctl's done slices, back from the disk goroutine for reuse
 	recFree  chan []byte     // record buffers, back from the disk goroutine for the compressors
 	idleCh   chan struct{}   // the disk goroutine has nothing more to hand out
+	shrinkCh chan struct{}   // the disk goroutine's idle sweep: the loop lets go of what its pending batch grew to
 	srcDone  chan struct{}   // closed by the loop: src is closed
 	finishCh chan finishReq[T]
 
@@ -211,6 +212,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		doneFree: make(chan []MsgID, 2),
 		recFree:  make(chan []byte, 4),
 		idleCh:   make(chan struct{}, 1),
+		shrinkCh: make(chan struct{}, 1),
 		srcDone:  make(chan struct{}),
 		finishCh: make(chan finishReq[T]),
 	}
@@ -824,6 +826,12 @@ func (c *Chan[T]) loop() {
 			}
 		case <-l.doneC:
 			l.doneC, l.doneDue = nil, true
+		case <-c.shrinkCh:
+			if l.queued() == 0 && l.pending != nil && cap(l.pending) > 0 {
+				// Idle: an empty batch slice swapped for the one a spill grew (the same
+				// number stay in circulation).
+				l.pending, l.ph, l.pendAt = make([]T, 0), 0, nil
+			}
 		case <-l.holdC:
 			l.holdC = nil // full looks at the window again
 		case <-l.tick.C:

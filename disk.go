@@ -209,9 +209,10 @@ func (c *Chan[T]) recycle(b []T) {
 	}
 }
 
-// shrinkPools lets go of what the free refill items and the free pending batch slices
-// grew to (a few KiB each for a batch of small messages), for an idle Chan: they grow again
-// when used. A free slice is swapped for an empty one, so that as many stay in circulation.
+// shrinkPools lets go of what the free refill items and the pending batch slices grew to
+// (a few KiB each for a batch of small messages, up to about 1.5 MiB for the smallest),
+// for an idle Chan: they grow again when used. A free slice is swapped for an empty one, so
+// that as many stay in circulation; the loop swaps its own when told (shrinkCh).
 func (c *Chan[T]) shrinkPools(d *diskState[T]) {
 	for _, b := range d.free {
 		b.msgs, b.ids = nil, nil
@@ -230,6 +231,10 @@ drain:
 		// Never blocks: the channel holds at most batchPool slices, and took of those
 		// in circulation are out of it.
 		c.freeCh <- make([]T, 0)
+	}
+	select {
+	case c.shrinkCh <- struct{}{}: // and the loop its own
+	default:
 	}
 }
 
@@ -859,7 +864,7 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 	res := &decoded{}
 	j.result = res
 	b.msgs, b.ids = b.msgs[:0], b.ids[:0]
-	// The built-in Bytes and String codecs return messages that refer to a buffer of the
+	// The built-in Bytes codec returns messages that refer to a buffer of the
 	// record's own (DecodeOwned) instead of copying each one.
 	shared, isShared := c.codec.(sharedDecoder[T])
 	decode := r.Decode

@@ -74,3 +74,11 @@ func benchIdleHeap(b *testing.B, chans, n int, settle time.Duration, msg func(j 
 		}
 	}
 }
+
+// BenchmarkIdleAfterTinyMessages: heap held per Chan, idle, after it spilled 50,000
+// one-byte messages (a pending batch of 64 KiB holds tens of thousands of them, so the
+// batch slices grow large) and delivered them all.
+func BenchmarkIdleAfterTinyMessages(b *testing.B) {
+	tiny := [][]byte{[]byte("0"), []byte("1"), []byte("2")}
+	benchIdleHeap(b, 10, 50000, idleRelease+1500*time.Millisecond, func(j int) []byte { return tiny[j%len(tiny)] }, WithBuffer(0))
+}
