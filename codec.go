@@ -1,9 +1,6 @@
 package pelichan
 
-import (
-	"encoding/json"
-	"unsafe"
-)
+import "encoding/json"
 
 // Codec turns messages into bytes for the spool and back.
 type Codec[T any] interface {
@@ -24,16 +21,13 @@ func (bytesCodec) decodeShared(data []byte) []byte { return data[:len(data):len(
 
 // sharedDecoder is a built-in codec that can return a message that refers to data, for
 // data that nothing else writes or reuses (segment.Reader.DecodeOwned's buffer): no copy
-// and no allocation per message.
+// and no allocation per message. Only Bytes: a []byte consumer expects a slice to share its
+// memory, while a string's substrings kept as map keys, say, would each keep a whole batch.
 type sharedDecoder[T any] interface {
 	decodeShared(data []byte) T
 }
 
 type stringCodec struct{}
-
-func (stringCodec) decodeShared(data []byte) string {
-	return unsafe.String(unsafe.SliceData(data), len(data))
-}
 
 func (stringCodec) Encode(dst []byte, v string) ([]byte, error) { return append(dst, v...), nil }
 func (stringCodec) Decode(data []byte) (string, error)          { return string(data), nil }
@@ -55,14 +49,22 @@ func (jsonCodec[T]) Decode(data []byte) (T, error) {
 }
 
 var (
-	// Bytes stores []byte messages as they are. Decoded messages are the consumer's to
-	// keep and change: the Chan never writes to or reuses their memory. Those read back
-	// from one stored batch share one allocation, each with its capacity cut at its end
-	// (appending to one never writes into another): keeping one keeps its batch's memory
-	// (up to WithBatchBytes) from the garbage collector; copy it to keep only its own.
+	// Bytes stores []byte messages as they are.
+	//
+	// Messages read back from the spool are the consumer's to keep and change: the Chan
+	// never writes to or reuses their memory. Those of one stored batch share one
+	// allocation, each with its capacity cut at its end (appending to one never writes into
+	// another), so a message kept, or a slice of it, keeps its whole batch in memory: the
+	// batch size of the Chan that wrote it (WithBatchBytes, 64 KiB by default), or one
+	// message larger than that. Use bytes.Clone to keep one on its own.
+	//
+	// Messages passed on from src without being stored are the producer's slices, not
+	// copies. The Chan may still read one to store a copy (one that waits in Out, or
+	// unacknowledged, longer than the linger time) until it is done, and for as long as
+	// that copy takes to write: change it only after that, or copy it.
 	Bytes Codec[[]byte] = bytesCodec{}
-	// String stores string messages as their bytes. Those read back from one stored
-	// batch share one allocation, as Bytes' do.
+	// String stores string messages as their bytes. Each message read back is a string of
+	// its own.
 	String Codec[string] = stringCodec{}
 )
 
