@@ -24,14 +24,15 @@ func TestSealedShortSegmentLostToDropped(t *testing.T) {
 		}
 	}
 	mustClose(t, c)
-	segs := segDirs(t, dir)
+	segs := waSegs(t, dir)
 	if len(segs) < 3 {
 		t.Fatalf("%d segments: the test needs 3 or more", len(segs))
 	}
-	if _, err := os.Stat(filepath.Join(segs[1], "meta")); err != nil {
-		t.Fatalf("segment %s has no meta file: %v", segs[1], err)
+	victim := filepath.Join(dir, segs[1])
+	if _, err := os.Stat(filepath.Join(victim, "meta")); err != nil {
+		t.Fatalf("segment %s has no meta file: %v", victim, err)
 	}
-	ltCut(t, segs[1], 1)
+	ltCut(t, victim, 1)
 	got, st := reopenAndDrain(t, dir, opts...)
 	if len(got) >= n || len(got) == 0 {
 		t.Fatalf("delivered %d of %d: the cut should cost some", len(got), n)
@@ -77,11 +78,11 @@ func TestSealedShortSegmentLostPartlyDone(t *testing.T) {
 		}
 	}
 	akMustClose(t, c)
-	segs := segDirs(t, dir)
+	segs := waSegs(t, dir)
 	if len(segs) < 3 {
 		t.Fatalf("%d segments: the test needs 3 or more", len(segs))
 	}
-	lost := ltCut(t, segs[1], 1)
+	lost := ltCut(t, filepath.Join(dir, segs[1]), 1)
 	c, err = New(dir, make(chan string), String, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -115,20 +116,4 @@ func TestSealedShortSegmentLostPartlyDone(t *testing.T) {
 	if s := c.Stats(); s.OnDisk != 0 {
 		t.Errorf("session 4: OnDisk %d at open, want 0", s.OnDisk)
 	}
-}
-
-// segDirs returns the segment directories of the spool in dir, oldest first.
-func segDirs(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var segs []string
-	for _, e := range ents {
-		if e.IsDir() && isSegDir(e.Name()) {
-			segs = append(segs, filepath.Join(dir, e.Name()))
-		}
-	}
-	return segs
 }
