@@ -785,23 +785,34 @@ func (c *Chan[T]) takeMissing(d *diskState[T]) {
 	if len(ms) == 0 {
 		return
 	}
-	c.lateCounts(d, c.peek(d)) // the segments' own counts first, if they came late
+	ss := c.peek(d)
+	c.lateCounts(d, ss) // the segments' own counts first, if they came late
 	var drop, back int64
 	for _, m := range ms {
-		if k := int64(m.Messages) - d.tr.unfound(m.Seg); k > 0 {
+		if k := m.Messages - d.tr.unfound(m.Seg); k > 0 {
 			drop += k
 		} else {
 			back -= k
 		}
 	}
 	back = d.addStored(back) // what open still owes is paid first: it was not taken off
-	if drop > 0 || back > 0 {
-		c.st.update(func(s *Stats) {
-			s.OnDisk += back
-			k := min(drop, max(s.OnDisk, 0)) // never below zero, whatever a cursor file claimed
-			s.OnDisk -= k
-			s.Dropped += k
-		})
+	if drop == 0 && back == 0 {
+		return
+	}
+	var short int64
+	c.st.update(func(s *Stats) {
+		s.OnDisk += back
+		k := min(drop, max(s.OnDisk, 0)) // OnDisk never below zero
+		s.OnDisk -= k
+		s.Dropped += k
+		if short = drop - k; short > 0 && ss.Counting > 0 {
+			// Open took done messages off OnDisk that segments still being counted
+			// hold: their late counts pay the rest (owed), as they pay those.
+			s.Dropped += short
+		}
+	})
+	if short > 0 && ss.Counting > 0 {
+		d.owed += short
 	}
 }
 
@@ -915,6 +926,7 @@ func (c *Chan[T]) advance(d *diskState[T]) {
 	if err := d.sp.Ack(pos); err != nil {
 		c.rep.report(fmt.Errorf("pelichan: %w", err))
 	}
+	c.takeMissing(d) // segments collect deleted (the cursor passed their last valid record)
 	c.st.disk(c.peek(d), nil)
 }
 
@@ -1006,6 +1018,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	if err := d.sp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
 	}
+	c.takeMissing(d) // segments the last collects deleted
 	c.st.disk(c.peek(d), nil)
 	err := errors.Join(append(d.closeErr, errs...)...)
 	d.syncs = append(d.syncs, req.syncs...)

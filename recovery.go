@@ -184,14 +184,17 @@ func (t *tracker) unfound(seg uint64) int64 {
 	if t.passed.seg == seg {
 		n, t.passed.n = t.passed.n, 0
 	}
-	t.pre = slices.DeleteFunc(t.pre, func(r *recState) bool {
-		if r.key.seg != seg {
-			return false
-		}
-		n += t.preCount(r)
+	// pre is sorted by key: seg's records are one run of it.
+	lo, _ := slices.BinarySearchFunc(t.pre, recKey{seg: seg}, func(r *recState, k recKey) int { return cmpKey(r.key, k) })
+	hi := lo
+	for hi < len(t.pre) && t.pre[hi].key.seg == seg {
+		n += t.preCount(t.pre[hi])
+		hi++
+	}
+	if hi > lo {
+		t.pre = slices.Delete(t.pre, lo, hi)
 		t.changed = true
-		return true
-	})
+	}
 	return n
 }
 

@@ -166,6 +166,9 @@ func (s *Spool) droppable(sg *seg) bool {
 
 func (s *Spool) drop(sg *seg) (int64, error) {
 	n := int64(sg.meta.messages - sg.delivered)
+	if sg.missingNoted {
+		n = 0 // the reader is done with it: what it did not return was noted (TakeMissing)
+	}
 	if err := s.checkpointBeforeDelete(sg); err != nil {
 		return 0, err
 	}

@@ -2,19 +2,18 @@ package spool
 
 import (
 	"os"
-	"slices"
 	"strconv"
 	"testing"
 )
 
-// TakeMissing names each segment counted from its meta file whose counted messages the
-// reader did not all find, with how many it did not find, and each segment set aside
-// before it was counted (with 0); a healthy spool has none.
+// TakeMissing names each segment counted from its meta file, once the reader is done with
+// it, with how many of its counted messages the reader did not find, and each segment set
+// aside before it was counted (with 0); a healthy spool's are all 0.
 func TestTakeMissing(t *testing.T) {
 	base := newFixture(t, "miss", 24, 3)
 	seg := base.segs[1]
 	recs := segRecs(base.recs, seg)
-	count := func(rs []recInfo) uint64 { return uint64(len(msgsOf(rs, nil))) }
+	count := func(rs []recInfo) int64 { return int64(len(msgsOf(rs, nil))) }
 	seq := func(name string) uint64 {
 		t.Helper()
 		n, err := strconv.ParseUint(name, 10, 64)
@@ -63,8 +62,28 @@ func TestTakeMissing(t *testing.T) {
 				}
 				got = append(got, m...)
 			}
-			if !slices.Equal(got, tc.want) {
-				t.Errorf("TakeMissing: %v, want %v", got, tc.want)
+			// Every segment counted from its meta file appears once (those not named in
+			// want with 0); none twice.
+			seen := map[uint64]int64{}
+			for _, m := range got {
+				if _, ok := seen[m.Seg]; ok {
+					t.Errorf("segment %d appears twice: %v", m.Seg, got)
+				}
+				seen[m.Seg] = m.Messages
+			}
+			for _, w := range tc.want {
+				if n, ok := seen[w.Seg]; !ok || n != w.Messages {
+					t.Errorf("TakeMissing: %v, want %v among them", got, w)
+				}
+				delete(seen, w.Seg)
+			}
+			for seg, n := range seen {
+				if n != 0 {
+					t.Errorf("TakeMissing: segment %d with %d, want 0 (%v)", seg, n, got)
+				}
+			}
+			if len(got) < len(base.segs)-1 {
+				t.Errorf("TakeMissing: %v: fewer segments than the %d sealed ones", got, len(base.segs)-1)
 			}
 		})
 	}

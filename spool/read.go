@@ -88,6 +88,7 @@ func (s *Spool) deliver(sg *seg, off uint64, data []byte, h segment.Header) Reco
 	}
 	s.rfrom, s.rskip = off+1, 0
 	s.unack = append(s.unack, readRec{sg: sg, off: off, count: uint32(h.Count), skip: skip})
+	sg.found += uint64(h.Count) - uint64(min(skip, uint32(h.Count)))
 	s.st.BytesRead += int64(len(data))
 	return Record{Pos: Cursor{Seg: sg.seq, Index: off, Offset: skip}, Data: data, Header: h}
 }
@@ -225,6 +226,10 @@ func (s *Spool) nextSeg(seq uint64) {
 // resetReader positions the reader at the acknowledged cursor.
 func (s *Spool) resetReader() {
 	s.unack = s.unack[:0]
+	for _, sg := range s.segs {
+		// Records returned and not acknowledged are returned again.
+		sg.found = sg.delivered - min(sg.deliveredOpen, sg.delivered)
+	}
 	s.nextSeg(0)
 	for s.rseg != nil && s.rseg.seq < s.acked.Seg {
 		s.nextSeg(s.rseg.seq)

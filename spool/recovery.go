@@ -151,6 +151,9 @@ func (s *Spool) load() error {
 	if err := s.finishFront(); err != nil {
 		return err
 	}
+	for _, sg := range s.segs {
+		sg.deliveredOpen = sg.delivered
+	}
 	s.resetReader()
 	if err := s.countBacklog(); err != nil {
 		return err

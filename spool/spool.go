@@ -80,12 +80,15 @@ type seg struct {
 	offs []uint64
 	// delivered counts this segment's messages acknowledged so far (from its meta count).
 	delivered    uint64
-	readDone     bool          // the reader read the whole (sealed) segment
-	lazy         bool          // counts not loaded yet (see countInBackground)
-	metaCount    bool          // counts from the meta file (not from reading the WAL file)
-	missingNoted bool          // noteMissing ran
-	sealDone     chan struct{} // closed when a background seal finished; nil if none ran
-	synced       chan struct{} // closed when a background seal has fsynced the file (or failed)
+	readDone     bool // the reader read the whole (sealed) segment
+	lazy         bool // counts not loaded yet (see countInBackground)
+	metaCount    bool // counts from the meta file (not from reading the WAL file)
+	missingNoted bool // noteMissing ran
+	// deliveredOpen is delivered as Open left it; found counts the messages of the
+	// records Next returned since, less those delivered before (see noteMissing).
+	deliveredOpen, found uint64
+	sealDone             chan struct{} // closed when a background seal finished; nil if none ran
+	synced               chan struct{} // closed when a background seal has fsynced the file (or failed)
 }
 
 // readRec is a record returned by Next and not yet acknowledged.
@@ -112,40 +115,36 @@ type Record struct {
 // short) or damaged, or in a segment set aside unread. They stay in Undelivered until the
 // segment is deleted. Messages is 0 for a segment set aside before it was counted (Open
 // left it to be counted later, and its files could not be read): none of its records will
-// be found, and none was counted.
+// be found, and none was counted. Every segment counted from its meta file appears once
+// the reader is done with it, most with 0; a negative count says that more were found
+// than counted (a cursor file claimed too many delivered before it).
 type Missing struct {
 	Seg      uint64
-	Messages uint64
+	Messages int64
 }
 
 // TakeMissing returns, since the last call, the segments counted from their meta files
-// that the reader finished (or set aside) without finding every message counted, and
-// those set aside before they were counted. A segment counted by reading its file counts
-// only the records found, and never appears.
+// that the reader is done with (see Missing), and those set aside before they were
+// counted. A segment counted by reading its file counts only the records found, and
+// never appears.
 func (s *Spool) TakeMissing() []Missing {
 	m := s.missing
 	s.missing = nil
 	return m
 }
 
-// noteMissing records, once, the messages of sg counted in Undelivered that Next did not
-// return, when the reader is done with sg: it returned every record of sg it will (read to
-// its end, or the cursor passed its last valid record, or set aside). Not during Open:
-// the owner counts what Open leaves in Undelivered.
+// noteMissing records, once, how many messages of sg counted in Undelivered at open Next
+// did not return, when the reader is done with sg: it returned every record of sg it will
+// (read to its end, or the cursor passed its last valid record, or set aside). Not during
+// Open: the owner counts what Open leaves in Undelivered. The count is negative when a
+// cursor file claimed more messages delivered before it than there were.
 func (s *Spool) noteMissing(sg *seg) {
 	if !sg.metaCount || sg.missingNoted || !s.opened {
 		return
 	}
 	sg.missingNoted = true
-	n := int64(sg.meta.messages) - int64(sg.delivered)
-	for _, r := range s.unack {
-		if r.sg == sg && r.count > r.skip { // an old-style cursor's offset may exceed the count
-			n -= int64(r.count) - int64(r.skip)
-		}
-	}
-	if n > 0 {
-		s.missing = append(s.missing, Missing{Seg: sg.seq, Messages: uint64(n)})
-	}
+	n := int64(sg.meta.messages) - int64(sg.deliveredOpen) - int64(sg.found)
+	s.missing = append(s.missing, Missing{Seg: sg.seq, Messages: n})
 }
 
 // Stats describe the spool's disk state.
