@@ -58,10 +58,10 @@ var (
 	// batch size of the Chan that wrote it (WithBatchBytes, 64 KiB by default), or one
 	// message larger than that. Use bytes.Clone to keep one on its own.
 	//
-	// Messages passed on from src without being stored are the producer's slices, not
-	// copies. The Chan may still read one to store a copy (one that waits in Out, or
-	// unacknowledged, longer than the linger time) until it is done, and for as long as
-	// that copy takes to write: change it only after that, or copy it.
+	// A slice sent on src is not copied: the Chan reads it to store it (spilled, written
+	// ahead, or a copy of one that waits in Out or unacknowledged past the linger time)
+	// until it is done, and may hand it to the consumer as it is. Neither the producer nor
+	// the consumer may change it until then.
 	Bytes Codec[[]byte] = bytesCodec{}
 	// String stores string messages as their bytes. Each message read back is a string of
 	// its own.
