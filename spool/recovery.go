@@ -118,7 +118,7 @@ func (s *Spool) load() error {
 		if err == nil && sg.seq == c.Seg && delivered != unknownDelivered && sg.metaCount {
 			// Counted when the cursor file was written: no need to read the segment. (A
 			// segment without meta was just counted by reading it, which leaves damaged
-			// records out: the messages before the cursor are counted the same way.)
+			// records out: the messages before the cursor are counted from that reading.)
 			sg.delivered = min(delivered, sg.meta.messages)
 			if c.Index == 0 && c.Offset == 0 {
 				sg.delivered = 0
@@ -144,6 +144,7 @@ func (s *Spool) load() error {
 			}
 		}
 	}
+	s.lastScan = segScan{}
 	// Segments wholly before the cursor were consumed; their deletion had not reached the disk.
 	if err := s.collect(); err != nil {
 		return err
@@ -396,10 +397,14 @@ func (s *Spool) loadSeg(sg *seg, newest bool) error {
 		}
 		sg.damaged = false
 		sg.setEnd(ents, nil)
+		bad = nil // the file now ends where they begin
 	} else {
 		for _, d := range bad {
 			s.report(&CorruptionError{Segment: sg.name(), Index: d.index, Offset: d.offset, Length: d.length, Err: d.err})
 		}
+	}
+	if !s.opened {
+		s.lastScan = segScan{seq: sg.seq, ents: ents, bad: bad, ok: true} // for deliveredBefore
 	}
 	sg.meta.replaces = sealed.replaces
 	if haveMeta && sg.meta.records < sealed.records {
@@ -486,11 +491,15 @@ func (s *Spool) deliveredBefore(sg *seg, c Cursor) error {
 	if c.Index == 0 && c.Offset == 0 {
 		return nil
 	}
-	buf, err := readSegFile(s.path(sg.name(), walFile), s.opts.maxSegmentFile())
-	if err != nil {
-		return fmt.Errorf("spool: %w", err)
+	ents, bad := s.lastScan.ents, s.lastScan.bad
+	if !s.lastScan.ok || s.lastScan.seq != sg.seq {
+		// Counted from its meta file: read now.
+		buf, err := readSegFile(s.path(sg.name(), walFile), s.opts.maxSegmentFile())
+		if err != nil {
+			return fmt.Errorf("spool: %w", err)
+		}
+		ents, bad, _ = scanFile(buf)
 	}
-	ents, bad, _ := scanFile(buf)
 	for _, e := range ents {
 		switch off := uint64(e.offset); {
 		case off < c.Index:

@@ -110,6 +110,13 @@ type Record struct {
 	ck *chunk // the buffer Data is in, when it may be reused
 }
 
+type segScan struct {
+	seq  uint64
+	ents []entry
+	bad  []damage
+	ok   bool
+}
+
 // Missing is what the reader did not find of a segment counted from its meta file: Messages
 // counted (in Undelivered and in what Open's owner counted) but in records lost (a file cut
 // short) or damaged, or in a segment set aside unread. They stay in Undelivered until the
@@ -197,7 +204,10 @@ type Spool struct {
 
 	sealing []*seg    // segments whose background seal Sync must wait for
 	missing []Missing // for TakeMissing
-	opened  bool      // Open has returned
+	// lastScan is what Open's loadSeg last found reading a segment file (one without
+	// meta), so that deliveredBefore does not read it again.
+	lastScan segScan
+	opened   bool // Open has returned
 
 	st     Stats
 	closed bool
