@@ -686,7 +686,13 @@ func fzApply(t *testing.T, pr *fzPristine, dir string, ops []byte) *fzState {
 		}
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "FORMAT")); err != nil || !bytes.Equal(b, pr.format) {
+		// Refused (ErrVersion), unless FORMAT is gone with everything but the lock file:
+		// then the directory is what an interrupted creation leaves, and a new spool.
 		st.format = true
+		if errors.Is(err, fs.ErrNotExist) {
+			ents, _ := os.ReadDir(dir)
+			st.format = slices.ContainsFunc(ents, func(e fs.DirEntry) bool { return e.Name() != "LOCK" })
+		}
 	}
 	// A record flipped in place and later cut off or deleted is gone, not damaged.
 	for k := range st.flipped {
