@@ -789,7 +789,7 @@ func (c *Chan[T]) takeMissing(d *diskState[T]) {
 	c.lateCounts(d, ss) // the segments' own counts first, if they came late
 	var drop, back int64
 	for _, m := range ms {
-		if k := m.Messages - d.tr.unfound(m.Seg); k > 0 {
+		if k := m.Messages - d.tr.unfound(m.Seg) - d.tr.aheadIn(m.Seg); k > 0 {
 			drop += k
 		} else {
 			back -= k

@@ -269,6 +269,18 @@ func (t *tracker) lost(has func(seg uint64) bool) int {
 	return gone
 }
 
+// aheadIn is how many messages the records of segment seg in ahead hold: handed out from
+// memory, and counted as they are done, whether or not the reader finds them.
+func (t *tracker) aheadIn(seg uint64) int64 {
+	var n int64
+	for k, r := range t.ahead {
+		if k.seg == seg {
+			n += int64(r.count)
+		}
+	}
+	return n
+}
+
 // register records a record written by this Chan whose messages are handed out from
 // memory (write-ahead, or written while they waited for the consumer).
 func (t *tracker) register(key recKey, count int, crc uint32) *recState {

@@ -84,6 +84,7 @@ type seg struct {
 	lazy         bool // counts not loaded yet (see countInBackground)
 	metaCount    bool // counts from the meta file (not from reading the WAL file)
 	missingNoted bool // noteMissing ran
+	written      bool // created since Open: its counts are those of what was appended
 	// deliveredOpen is delivered as Open left it; found counts the messages of the
 	// records Next returned since, less those delivered before (see noteMissing).
 	deliveredOpen, found uint64
@@ -117,9 +118,10 @@ type segScan struct {
 	ok   bool
 }
 
-// Missing is what the reader did not find of a segment counted from its meta file: Messages
-// counted (in Undelivered and in what Open's owner counted) but in records lost (a file cut
-// short) or damaged, or in a segment set aside unread. They stay in Undelivered until the
+// Missing is what the reader did not find of a segment counted from its meta file, or
+// written since Open: Messages counted (in Undelivered, and by the owner at Open or as it
+// appended them) but in records lost (a file cut short) or damaged, or in a segment set
+// aside unread. They stay in Undelivered until the
 // segment is deleted. Messages is 0 for a segment set aside before it was counted (Open
 // left it to be counted later, and its files could not be read): none of its records will
 // be found, and none was counted. Every segment counted from its meta file appears once
@@ -130,10 +132,10 @@ type Missing struct {
 	Messages int64
 }
 
-// TakeMissing returns, since the last call, the segments counted from their meta files
-// that the reader is done with (see Missing), and those set aside before they were
-// counted. A segment counted by reading its file counts only the records found, and
-// never appears.
+// TakeMissing returns, since the last call, the segments counted from their meta files or
+// written since Open that the reader is done with (see Missing), and those set aside
+// before they were counted. A segment counted at Open by reading its file counts only the
+// records found, and never appears.
 func (s *Spool) TakeMissing() []Missing {
 	m := s.missing
 	s.missing = nil
@@ -146,7 +148,7 @@ func (s *Spool) TakeMissing() []Missing {
 // Open: the owner counts what Open leaves in Undelivered. The count is negative when a
 // cursor file claimed more messages delivered before it than there were.
 func (s *Spool) noteMissing(sg *seg) {
-	if !sg.metaCount || sg.missingNoted || !s.opened {
+	if !(sg.metaCount || sg.written) || sg.missingNoted || !s.opened {
 		return
 	}
 	sg.missingNoted = true

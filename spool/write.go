@@ -102,7 +102,7 @@ func (s *Spool) startSegment() error {
 			seq = sg.meta.replaces + 1
 		}
 	}
-	sg := &seg{seq: seq, endKnown: true}
+	sg := &seg{seq: seq, endKnown: true, written: true}
 	l, err := wal.Open(s.path(sg.name()), s.walOptions())
 	if err != nil {
 		s.removeSeg(sg.name())
