@@ -15,8 +15,8 @@ import (
 	"github.com/pelichan/pelichan/spool"
 )
 
-// rv2RewriteDone rewrites the done sets of a version 4 cursor file with f.
-func rv2RewriteDone(t *testing.T, dir string, f func(cur spool.Cursor, recs []*recState)) {
+// dmRewriteDone rewrites the done sets of a version 4 cursor file with f.
+func dmRewriteDone(t *testing.T, dir string, f func(cur spool.Cursor, recs []*recState)) {
 	t.Helper()
 	p := filepath.Join(dir, "cursor")
 	b, err := os.ReadFile(p)
@@ -52,28 +52,10 @@ func TestDoneSetsOfRecordsNotInSegment(t *testing.T) {
 	dir := t.TempDir()
 	opts := []Option{WithAcks(100), WithSegmentSize(1 << 10), WithBatchBytes(256)}
 	const n = 60
-	c := open(t, dir, make(chan string), opts...)
-	for i := range n {
-		if err := c.Store(akMsg("p", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	akMustClose(t, c)
-	c = open(t, dir, make(chan string), opts...)
-	for i := range n {
-		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-		if !ok {
-			t.Fatalf("delivery %d did not come", i)
-		}
-		if i%2 == 1 {
-			if err := c.Ack(d.Seq); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	akMustClose(t, c)
+	dmStore(t, dir, opts, "p", n)
+	dmAckSome(t, dir, opts, n, func(i int) bool { return i%2 == 1 })
 	moved := 0
-	rv2RewriteDone(t, dir, func(cur spool.Cursor, recs []*recState) {
+	dmRewriteDone(t, dir, func(cur spool.Cursor, recs []*recState) {
 		for _, r := range recs {
 			if r.key.seg > cur.Seg && r.done > 0 {
 				r.key.index++ // no record starts here
@@ -84,19 +66,9 @@ func TestDoneSetsOfRecordsNotInSegment(t *testing.T) {
 	if moved == 0 {
 		t.Fatal("no done set moved")
 	}
-	c = open(t, dir, make(chan string), opts...)
-	got := 0
-	for {
-		d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond)
-		if !ok {
-			break
-		}
-		got++
-		if err := c.Ack(d.Seq); err != nil {
-			t.Fatal(err)
-		}
-	}
-	st := waitStatsOr(c, 5*time.Second, func(s Stats) bool { return s.Unacked == 0 })
+	c := open(t, dir, make(chan string), opts...)
+	msgs, st := dmDrainAcking(t, c, nil) // the moved done sets mark nothing: delivered again
+	got := len(msgs)
 	t.Logf("moved %d done messages; delivered %d; %+v", moved, got, st)
 	if st.OnDisk != 0 {
 		t.Errorf("after the drain OnDisk %d, want 0", st.OnDisk)
@@ -114,24 +86,8 @@ func TestCursorCountTooLarge(t *testing.T) {
 	dir := t.TempDir()
 	opts := []Option{WithAcks(100), WithSegmentSize(1 << 10), WithBatchBytes(256)}
 	const n = 60
-	c := open(t, dir, make(chan string), opts...)
-	for i := range n {
-		if err := c.Store(akMsg("p", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	akMustClose(t, c)
-	c = open(t, dir, make(chan string), opts...)
-	for i := range 25 {
-		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-		if !ok {
-			t.Fatalf("delivery %d did not come", i)
-		}
-		if err := c.Ack(d.Seq); err != nil {
-			t.Fatal(err)
-		}
-	}
-	akMustClose(t, c)
+	dmStore(t, dir, opts, "p", n)
+	acked, _ := dmAckSome(t, dir, opts, 25, func(int) bool { return true })
 	p := filepath.Join(dir, "cursor")
 	b, err := os.ReadFile(p)
 	if err != nil {
@@ -144,20 +100,12 @@ func TestCursorCountTooLarge(t *testing.T) {
 	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c = open(t, dir, make(chan string), opts...)
-	got := 0
-	for {
-		d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond)
-		if !ok {
-			break
-		}
-		got++
-		if err := c.Ack(d.Seq); err != nil {
-			t.Fatal(err)
-		}
+	c := open(t, dir, make(chan string), opts...)
+	msgs, st := dmDrainAcking(t, c, acked)
+	t.Logf("delivered %d; %+v", len(msgs), st)
+	if len(msgs) != n-25 {
+		t.Errorf("delivered %d, want the %d not acknowledged", len(msgs), n-25)
 	}
-	st := waitStatsOr(c, 5*time.Second, func(s Stats) bool { return s.Unacked == 0 })
-	t.Logf("delivered %d; %+v", got, st)
 	if st.OnDisk != 0 {
 		t.Errorf("after the drain OnDisk %d, want 0", st.OnDisk)
 	}
@@ -173,7 +121,7 @@ func TestCursorCountTooLarge(t *testing.T) {
 func TestDamageWhileCountsOwed(t *testing.T) {
 	fails := 0
 	for run := range 8 {
-		if rv2ClampRun(t, run) {
+		if dmClampRun(t, run) {
 			fails++
 		}
 	}
@@ -182,77 +130,23 @@ func TestDamageWhileCountsOwed(t *testing.T) {
 	}
 }
 
-func rv2ClampRun(t *testing.T, run int) bool {
+func dmClampRun(t *testing.T, run int) bool {
 	dir := t.TempDir()
 	opts := []Option{WithAcks(4000), WithSegmentSize(1 << 10), WithBatchBytes(256)}
 	const n = 1200
 	rng := rand.New(rand.NewSource(int64(run)))
-	c := open(t, dir, make(chan string), opts...)
-	for i := range n {
-		b := make([]byte, 30)
-		rng.Read(b)
-		if err := c.Store(fmt.Sprintf("%05d-%x", i, b)); err != nil { // a record each
-			t.Fatal(err)
-		}
-	}
-	akMustClose(t, c)
-	c = open(t, dir, make(chan string), opts...)
-	for i := range n {
-		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-		if !ok {
-			t.Fatalf("delivery %d did not come", i)
-		}
-		if i%2 == 1 {
-			if err := c.Ack(d.Seq); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	akMustClose(t, c)
+	dmStore(t, dir, opts, fmt.Sprintf("%d-%x-", run, rng.Uint64()), n)
+	acked, _ := dmAckSome(t, dir, opts, n, func(i int) bool { return i%2 == 1 })
 	segs := waSegs(t, dir)
 	// The third record of the cursor's (first) segment: message 2, not done.
-	wal := filepath.Join(dir, segs[0], "00000000000000000001")
-	b, err := os.ReadFile(wal)
-	if err != nil {
-		t.Fatal(err)
-	}
-	off := 0
-	for range 2 {
-		size, k := rv2Uvarint(b[off:])
-		off += k + size
-	}
-	size, k := rv2Uvarint(b[off:])
-	b[off+k+size-1] ^= 0x10
-	if err := os.WriteFile(wal, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c = open(t, dir, make(chan string), opts...)
-	got := 0
-	for {
-		d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond)
-		if !ok {
-			break
-		}
-		got++
-		if err := c.Ack(d.Seq); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dmFlipRecord(t, filepath.Join(dir, segs[0]), 2)
+	c := open(t, dir, make(chan string), opts...)
+	msgs, _ := dmDrainAcking(t, c, acked)
+	got := len(msgs)
 	st := waitStatsOr(c, 3*time.Second, func(s Stats) bool { return s.Unacked == 0 && s.OnDisk == 0 })
 	akMustClose(t, c)
 	t.Logf("run %d: %d segments; delivered %d of %d not done; OnDisk %d Dropped %d Corrupt %d", run, len(segs), got, n/2, st.OnDisk, st.Dropped, st.Corrupt)
 	return st.OnDisk != 0 || st.Dropped != int64(n/2-got)
-}
-
-func rv2Uvarint(b []byte) (int, int) {
-	var x uint64
-	for i, c := range b {
-		x |= uint64(c&0x7f) << (7 * i)
-		if c < 0x80 {
-			return int(x), i + 1
-		}
-	}
-	return 0, 0
 }
 
 // A sealed segment whose WAL file is emptied (meta kept) is noted Missing when the reader
@@ -263,13 +157,7 @@ func TestDropPolicyAfterDamageNoted(t *testing.T) {
 	dir := t.TempDir()
 	base := []Option{WithAcks(1000), WithSegmentSize(1 << 10), WithBatchBytes(256)}
 	const n = 60
-	c := open(t, dir, make(chan string), base...)
-	for i := range n {
-		if err := c.Store(akMsg("s", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	akMustClose(t, c)
+	dmStore(t, dir, base, "s", n)
 	segs := waSegs(t, dir)
 	if len(segs) < 3 {
 		t.Fatalf("%d segments", len(segs))
@@ -277,7 +165,7 @@ func TestDropPolicyAfterDamageNoted(t *testing.T) {
 	cut := ltCut(t, filepath.Join(dir, segs[1]), 0)
 	time.Sleep(300 * time.Millisecond)
 	opts := append(append([]Option{}, base...), WithMaxAge(200*time.Millisecond))
-	c = open(t, dir, make(chan string), opts...)
+	c := open(t, dir, make(chan string), opts...)
 	var seqs []uint64
 	for {
 		d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond)

@@ -9,7 +9,6 @@ import (
 	"github.com/pelichan/pelichan/spool"
 	"os"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 )
@@ -20,48 +19,14 @@ import (
 // directories, oldest first.
 func ltSetup(t *testing.T, dir string, n int, opts []Option) []string {
 	t.Helper()
-	src := make(chan string)
-	c, err := New(dir, src, String, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range n {
-		if err := c.Store(akMsg("t", i)); err != nil {
-			t.Fatalf("Store: %v", err)
-		}
-	}
-	akMustClose(t, c)
-	src = make(chan string)
-	c, err = New(dir, src, String, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := c.Stats(); s.OnDisk != int64(n) {
-		t.Fatalf("session 2: OnDisk %d at open, want %d", s.OnDisk, n)
-	}
-	for i := range n {
-		d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-		if !ok {
-			t.Fatalf("session 2: delivery %d of %d did not come; stats %+v", i+1, n, c.Stats())
-		}
-		if i > 0 {
-			if err := c.Ack(d.Seq); err != nil {
-				t.Fatalf("Ack(%d): %v", d.Seq, err)
-			}
-		}
-	}
-	akMustClose(t, c)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
+	dmStore(t, dir, opts, "t", n)
+	if _, st := dmAckSome(t, dir, opts, n, func(i int) bool { return i > 0 }); st.OnDisk != int64(n) {
+		t.Fatalf("session 2: OnDisk %d at open, want %d", st.OnDisk, n)
 	}
 	var segs []string
-	for _, e := range ents {
-		if e.IsDir() && len(e.Name()) == 20 {
-			segs = append(segs, filepath.Join(dir, e.Name()))
-		}
+	for _, name := range waSegs(t, dir) {
+		segs = append(segs, filepath.Join(dir, name))
 	}
-	sort.Strings(segs)
 	return segs
 }
 
