@@ -89,28 +89,7 @@ func benchBacklog(b *testing.B, lines [][]byte, n int) string {
 
 // BenchmarkRefill: a backlog on disk is drained by a consumer that keeps up.
 func BenchmarkRefill(b *testing.B) {
-	lines, total := benchLines(4096)
-	dir := benchBacklog(b, lines, b.N)
-	b.SetBytes(total / int64(len(lines)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	src2 := make(chan []byte)
-	close(src2)
-	c, err := New(dir, src2, Bytes, WithSync(SyncNever))
-	if err != nil {
-		b.Fatal(err)
-	}
-	n := 0
-	for range c.Out() {
-		n++
-	}
-	b.StopTimer()
-	if n != b.N {
-		b.Fatalf("refilled %d of %d", n, b.N)
-	}
-	if err := c.Close(); err != nil {
-		b.Fatal(err)
-	}
+	benchRefill(b, nil)
 }
 
 // BenchmarkRefillWorkingConsumer: as BenchmarkRefill, with the user-side setting:
@@ -118,6 +97,13 @@ func BenchmarkRefill(b *testing.B) {
 // 0.35 µs here), so the refill pipeline competes with it for the cores. Compare with
 // BenchmarkWorkingConsumerAlone, the same consumer on a copy of each line.
 func BenchmarkRefillWorkingConsumer(b *testing.B) {
+	var w benchWork
+	benchRefill(b, w.do, WithBuffer(100))
+}
+
+// benchRefill stores b.N lines, then times a new Chan (opts) delivering them all to a
+// consumer that calls consume (nil: nothing) on each.
+func benchRefill(b *testing.B, consume func([]byte), opts ...Option) {
 	lines, total := benchLines(4096)
 	dir := benchBacklog(b, lines, b.N)
 	b.SetBytes(total / int64(len(lines)))
@@ -125,15 +111,16 @@ func BenchmarkRefillWorkingConsumer(b *testing.B) {
 	b.ResetTimer()
 	src2 := make(chan []byte)
 	close(src2)
-	c, err := New(dir, src2, Bytes, WithSync(SyncNever), WithBuffer(100))
+	c, err := New(dir, src2, Bytes, append([]Option{WithSync(SyncNever)}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	n := 0
-	var w benchWork
 	for m := range c.Out() {
 		n++
-		w.do(m)
+		if consume != nil {
+			consume(m)
+		}
 	}
 	b.StopTimer()
 	if n != b.N {

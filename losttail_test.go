@@ -73,19 +73,7 @@ func ltSession3(t *testing.T, dir string, opts []Option, wantOpen int64) {
 	if wantOpen >= 0 && s.OnDisk != wantOpen {
 		t.Errorf("session 3: OnDisk %d at open, want %d", s.OnDisk, wantOpen)
 	}
-	d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
-	if !ok || d.Msg != akMsg("t", 0) {
-		t.Fatalf("session 3: delivery %q (%v), want the first message", d.Msg, ok)
-	}
-	if err := c.Ack(d.Seq); err != nil {
-		t.Fatalf("Ack(%d): %v", d.Seq, err)
-	}
-	if d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond); ok {
-		t.Fatalf("session 3: a second delivery %q (an acknowledged message delivered again)", d.Msg)
-	}
-	if s := c.Stats(); s.OnDisk != 0 {
-		t.Errorf("session 3: OnDisk %d after the drain, want 0; %+v", s.OnDisk, s)
-	}
+	ltTakeFirst(t, c)
 	akMustClose(t, c)
 
 	src = make(chan string)
@@ -99,6 +87,25 @@ func ltSession3(t *testing.T, dir string, opts []Option, wantOpen int64) {
 	}
 	if s := c.Stats(); s.OnDisk != 0 {
 		t.Errorf("session 4: OnDisk %d at open, want 0; %+v", s.OnDisk, s)
+	}
+}
+
+// ltTakeFirst takes and acknowledges the one message ltSetup left not done, and checks
+// that no other comes (an acknowledged one delivered again) and that OnDisk is then 0.
+func ltTakeFirst(t *testing.T, c *Chan[string]) {
+	t.Helper()
+	d, ok, _ := akRecv(c.Deliveries(), 5*time.Second)
+	if !ok || d.Msg != akMsg("t", 0) {
+		t.Fatalf("session 3: delivery %q (%v), want the first message", d.Msg, ok)
+	}
+	if err := c.Ack(d.Seq); err != nil {
+		t.Fatalf("Ack(%d): %v", d.Seq, err)
+	}
+	if d, ok, _ := akRecv(c.Deliveries(), 300*time.Millisecond); ok {
+		t.Fatalf("session 3: a second delivery %q (an acknowledged message delivered again)", d.Msg)
+	}
+	if s := c.Stats(); s.OnDisk != 0 {
+		t.Errorf("session 3: OnDisk %d after the drain, want 0; %+v", s.OnDisk, s)
 	}
 }
 
