@@ -142,8 +142,8 @@ func (s *Spool) TakeMissing() []Missing {
 	return m
 }
 
-// noteMissing records, once, how many messages of sg counted in Undelivered at open Next
-// did not return, when the reader is done with sg: it returned every record of sg it will
+// noteMissing records, once, how many messages of sg counted in Undelivered (at Open, or
+// as they were appended) Next did not return, when the reader is done with sg: it returned every record of sg it will
 // (read to its end, or the cursor passed its last valid record, or set aside). Not during
 // Open: the owner counts what Open leaves in Undelivered. The count is negative when a
 // cursor file claimed more messages delivered before it than there were.
