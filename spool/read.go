@@ -31,14 +31,21 @@ func (s *Spool) Next() (Record, error) {
 			if i == 0 {
 				return Record{}, io.EOF
 			}
-			off := sg.offs[i-1]
-			data, err := s.wlog.Read(i)
-			if err != nil {
-				return Record{}, fmt.Errorf("spool: read segment %s entry %d (offset %d): %w", sg.name(), i, off, err)
+			off, end := sg.offs[i-1], uint64(sg.size)
+			if int(i) < len(sg.offs) {
+				end = sg.offs[i]
 			}
-			h, err := segment.ParseHeader(data)
+			data, err := s.wlog.readAt(int64(off), int64(end))
+			var h segment.Header
+			if err == nil {
+				h, err = segment.Verify(data)
+			}
 			if err != nil {
-				return Record{}, fmt.Errorf("spool: read segment %s entry %d (offset %d): %w", sg.name(), i, off, err)
+				// The file does not hold what was written (damage, or a failed read): the
+				// segment is sealed where it is and read on as a sealed one, whose reader
+				// skips, counts and reports what is damaged.
+				s.abandon()
+				continue
 			}
 			return s.deliver(sg, off, data, h), nil
 		}
@@ -93,8 +100,8 @@ func (s *Spool) deliver(sg *seg, off uint64, data []byte, h segment.Header) Reco
 	return Record{Pos: Cursor{Seg: sg.seq, Index: off, Offset: skip}, Data: data, Header: h}
 }
 
-// activeEntry returns the entry index (1-based, as the active segment's wal.Log numbers
-// them) of the first record of the active segment at or after the reader's position, 0 if
+// activeEntry returns the entry index (1-based, as tidwall/wal numbers them) of the first
+// record of the active segment at or after the reader's position, 0 if
 // there is none.
 func (s *Spool) activeEntry() uint64 {
 	offs := s.rseg.offs

@@ -42,7 +42,7 @@ func (s *Spool) load() error {
 		}
 	}
 	sort.Slice(s.segs, func(i, j int) bool { return s.segs[i].seq < s.segs[j].seq })
-	// A segment whose creation was cut short (tidwall/wal makes the directory before its
+	// A segment whose creation was cut short (the directory is made before its
 	// file) never held a record. Only the last segment created can be one, numbered above
 	// (or, a front segment, below) all others, and Open removes it before creating any:
 	// only the first and the last need looking at, whatever the backlog.

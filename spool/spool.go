@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 
 	"github.com/pelichan/pelichan/segment"
-	"github.com/tidwall/wal"
 )
 
 const (
@@ -76,7 +75,7 @@ type seg struct {
 	endKnown bool
 	short    bool
 	// offs holds the offset of each entry of the active segment, by entry index - 1: the
-	// reader reads the active segment through its wal.Log, by entry index.
+	// reader reads the active segment's records back at these offsets.
 	offs []uint64
 	// delivered counts this segment's messages acknowledged so far (from its meta count).
 	delivered    uint64
@@ -181,7 +180,7 @@ type Spool struct {
 
 	segs   []*seg // by seq; the last one is the active segment when active != nil
 	active *seg
-	wlog   *wal.Log
+	wlog   *segFile // the active segment's WAL file
 
 	acked Cursor // every message before it has been delivered
 	// reader
@@ -330,7 +329,7 @@ func (s *Spool) Close() error {
 	var errs []error
 	if s.active != nil {
 		if s.active.meta.records == 0 {
-			s.wlog.Close()
+			s.wlog.close()
 			s.removeSeg(s.active.name())
 			s.dropSeg(s.active)
 			s.wlog, s.active = nil, nil

@@ -3,7 +3,9 @@ package spool
 // Writing: appending records to the active segment, starting and sealing segments, Sync.
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"slices"
@@ -43,7 +45,7 @@ func (s *Spool) Append(rec []byte) (Cursor, error) {
 		}
 	}
 	sg := s.active
-	if err := s.wlog.Write(sg.meta.records+1, rec); err != nil {
+	if err := s.wlog.append(rec); err != nil {
 		s.abandon()
 		return Cursor{}, fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
 	}
@@ -103,9 +105,11 @@ func (s *Spool) startSegment() error {
 		}
 	}
 	sg := &seg{seq: seq, endKnown: true, written: true}
-	l, err := wal.Open(s.path(sg.name()), s.walOptions())
+	l, err := createSegFile(s.path(sg.name()))
 	if err != nil {
-		s.removeSeg(sg.name())
+		if !errors.Is(err, fs.ErrExist) { // never remove what this Spool did not make
+			s.removeSeg(sg.name())
+		}
 		return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
 	}
 	if !s.opts.NoSync {
@@ -116,7 +120,7 @@ func (s *Spool) startSegment() error {
 			err = syncDir(s.dir)
 		}
 		if err != nil {
-			l.Close()
+			l.close()
 			s.removeSeg(sg.name())
 			return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
 		}
@@ -147,7 +151,7 @@ func (s *Spool) Sync() error {
 	if s.wlog == nil {
 		return nil
 	}
-	if err := s.wlog.Sync(); err != nil {
+	if err := s.wlog.sync(); err != nil {
 		return fmt.Errorf("spool: sync segment %s: %w", s.active.name(), err)
 	}
 	return nil
@@ -155,9 +159,9 @@ func (s *Spool) Sync() error {
 
 // seal closes the active segment and records its counts in its meta file.
 //
-// tidwall/wal's Close always fsyncs, which can take long on a busy disk, so closing and
+// Closing fsyncs the file, which can take long on a busy disk, so closing and
 // writing the meta file (after the fsync: Open relies on a meta never being newer than its
-// data) happen in the background. Nothing touches a sealed segment's wal.Log again: the
+// data) happen in the background. Nothing touches a sealed segment's segFile again: the
 // reader reads its file, and deleting it waits for the seal (see collect). Close waits for
 // every seal; an error from one is returned by the next Append or by Close.
 func (s *Spool) seal() error {
@@ -180,7 +184,7 @@ func (s *Spool) seal() error {
 	go func() {
 		defer s.bg.Done()
 		defer close(done)
-		err := l.Close() // fsyncs the file
+		err := l.close() // fsyncs the file
 		if err != nil {
 			err = fmt.Errorf("spool: seal segment %s: %w", sg.name(), err)
 			s.bgErr.Store(&err)
@@ -204,11 +208,12 @@ func (s *Spool) sealErr() error {
 	return nil
 }
 
-// abandon seals the active segment after a failed write: the tidwall Log is closed and
-// never written again, and the file is cut back to the last record known to be whole.
+// abandon seals the active segment after a failed write or read: the file is fsynced
+// (what was written before stays durable, as a seal makes it), closed and never written
+// again, and cut back to the last record known to be whole.
 func (s *Spool) abandon() {
 	sg := s.active
-	s.wlog.Close()
+	s.wlog.close()
 	s.wlog, s.active = nil, nil
 	sg.sealed, sg.offs = true, nil
 	s.truncateAfterError(sg, nil)
