@@ -68,6 +68,32 @@ func BenchmarkSpill(b *testing.B) {
 	}
 }
 
+// BenchmarkSpillCompression: BenchmarkSpill/sync=never with each compression.
+func BenchmarkSpillCompression(b *testing.B) {
+	lines, total := benchLines(4096)
+	for _, comp := range []Compression{Zstd, S2, Auto} {
+		b.Run(comp.String(), func(b *testing.B) {
+			src := make(chan []byte, 256)
+			c, err := New(b.TempDir(), src, Bytes, WithBuffer(0), WithSync(SyncNever), WithCompression(comp))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(total / int64(len(lines)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				src <- lines[i%len(lines)]
+			}
+			waitStored(c, int64(b.N))
+			b.StopTimer()
+			b.ReportMetric(c.Stats().CompressionRatio, "ratio")
+			if err := c.Close(); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
 // benchBacklog stores n lines (cycling through lines) in a new spool directory, with the
 // consumer away, and returns the directory.
 func benchBacklog(b *testing.B, lines [][]byte, n int) string {

@@ -222,3 +222,38 @@ func TestOptionsCompressionRoundTrip(t *testing.T) {
 		checkSame(t, "mixed compressions", sent, append(got, rest...))
 	})
 }
+
+// Auto keeps zstd's ratio at an ordinary log rate (20k lines a second, consumer away):
+// S2 is for a producer the compressors cannot keep up with. Zstd gives about 4.1 on these
+// lines, S2 about 2.7; a few S2 batches on a busy machine are allowed for.
+func TestAutoKeepsZstdAtOrdinaryRates(t *testing.T) {
+	lines, _ := benchLines(4096)
+	const rate, n = 20_000, 20_000
+	src := make(chan []byte, 256)
+	c, err := New(t.TempDir(), src, Bytes, WithBuffer(0), WithSync(SyncNever), WithCompression(Auto))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	for i := range n {
+		if i%100 == 0 {
+			time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / rate)))
+		}
+		select {
+		case src <- lines[i%len(lines)]:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("src blocked at %d", i)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for st := c.Stats(); st.Received < n || st.InMemory > 0; st = c.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not stored within 10s: %+v", st)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if r := c.Stats().CompressionRatio; r < 3.9 {
+		t.Errorf("Auto at %d lines/s: compression ratio %.2f, want zstd's (about 4.1)", rate, r)
+	}
+}
