@@ -44,7 +44,7 @@ func (s *Spool) Next() (Record, error) {
 				// The file does not hold what was written (damage, or a failed read): the
 				// segment is sealed where it is and read on as a sealed one, whose reader
 				// skips, counts and reports what is damaged.
-				s.abandon()
+				s.abandon(true)
 				continue
 			}
 			return s.deliver(sg, off, data, h), nil

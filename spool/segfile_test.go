@@ -209,3 +209,18 @@ func TestActiveSegmentDamagedBeforeRead(t *testing.T) {
 		t.Fatalf("after the damage: %q", m)
 	}
 }
+
+// Append checks a record's CRC, as the reader does: a record that would not read back is
+// refused (ErrCorrupt) and nothing is stored.
+func TestAppendRefusesBadCRC(t *testing.T) {
+	s := mustOpen(t, t.TempDir(), testOpts())
+	defer s.Close()
+	rec := makeRecord(t, "one", "two")
+	rec[len(rec)-1] ^= 0xff
+	if _, err := s.Append(rec); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Append of a record with a bad CRC: %v, want ErrCorrupt", err)
+	}
+	if st := s.Stats(); st.Undelivered != 0 || st.DiskBytes != 0 {
+		t.Fatalf("after the refused Append: %+v", st)
+	}
+}

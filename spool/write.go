@@ -29,7 +29,9 @@ func (s *Spool) Append(rec []byte) (Cursor, error) {
 	if s.closed {
 		return Cursor{}, ErrClosed
 	}
-	h, err := segment.ParseHeader(rec)
+	// The whole record is checked, CRC included, as the reader checks it: a record that
+	// would not read back is refused here rather than lost later.
+	h, err := segment.Verify(rec)
 	if err != nil {
 		return Cursor{}, fmt.Errorf("spool: append: %w", err)
 	}
@@ -46,7 +48,7 @@ func (s *Spool) Append(rec []byte) (Cursor, error) {
 	}
 	sg := s.active
 	if err := s.wlog.append(rec); err != nil {
-		s.abandon()
+		s.abandon(false)
 		return Cursor{}, fmt.Errorf("spool: write segment %s: %w", sg.name(), err)
 	}
 	sg.meta.add(h)
@@ -210,13 +212,27 @@ func (s *Spool) sealErr() error {
 
 // abandon seals the active segment after a failed write or read: the file is fsynced
 // (what was written before stays durable, as a seal makes it), closed and never written
-// again, and cut back to the last record known to be whole.
-func (s *Spool) abandon() {
+// again, and cut back to the last record known to be whole. A failed fsync is returned,
+// once, by the next Sync, Append or Close, as a background seal's is. With keepMeta (the
+// file holds every record appended, some damaged since), the segment's meta is written
+// too, as a seal writes it, so that a later Open counts it from there instead of
+// scanning it (and reporting its damage a second time).
+func (s *Spool) abandon(keepMeta bool) {
 	sg := s.active
-	s.wlog.close()
+	err := s.wlog.close()
 	s.wlog, s.active = nil, nil
 	sg.sealed, sg.offs = true, nil
+	if err != nil {
+		err = fmt.Errorf("spool: seal segment %s: %w", sg.name(), err)
+		s.bgErr.Store(&err)
+	}
 	s.truncateAfterError(sg, nil)
+	if keepMeta && err == nil && sg.meta.records > 0 {
+		metaPath := s.path(sg.name(), metaName)
+		if err := writeFileAtomic(metaPath, encodeMeta(sg.meta), !s.opts.NoSync); err != nil {
+			os.Remove(metaPath) // the counts can be rebuilt by scanning the segment
+		}
+	}
 }
 
 func (s *Spool) truncateAfterError(sg *seg, cause error) error {
