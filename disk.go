@@ -71,7 +71,7 @@ func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 	// two-core machine from the producer); with one, a batch waits for it. At 20k and 100k
 	// lines/s Auto's records are as small as zstd's (ratio 4.13); at 300k/s it is 3.83;
 	// with a producer at full speed, 1.4-1.8x as many lines/s as by the rule "more batches on
-	// their way than compressors" (TestAutoKeepsZstdAtOrdinaryRates, BenchmarkSpillCompression).
+	// their way than compressors" (BenchmarkSpillCompression; TestAutoZstdWhenCompressorsKeepUp).
 	behind := c.inflight.Load() > int64(max(c.compressors()-1, 1))
 	c.encodeBatch(w, b, behind, func(e encoded[T]) {
 		if e.rec != nil {
