@@ -27,9 +27,10 @@ type segFile struct {
 	buf []byte // the framed record, reused for records up to maxKeptFrame
 }
 
-// maxKeptFrame is the largest framing buffer kept for the next record; a larger record
-// (a message larger than a batch) gets one of its own.
-const maxKeptFrame = 1 << 20
+// maxKeptFrame is the largest framing buffer kept for the next record (a record of a
+// 64 KiB batch takes at most about 66 KiB); a larger record, from a large batch or a
+// message larger than a batch, gets one of its own. Spool.DropBuffers lets go of it.
+const maxKeptFrame = 256 << 10
 
 // createSegFile makes the segment directory dir and its empty WAL file, with
 // tidwall/wal's permissions as walOptions sets them.

@@ -66,10 +66,14 @@ func (s *Spool) unref(ck *chunk) {
 	}
 }
 
-// DropBuffers lets go of the read buffers kept for reuse (an idle owner stays small).
+// DropBuffers lets go of the read and write buffers kept for reuse (an idle owner stays
+// small).
 func (s *Spool) DropBuffers() {
 	clear(s.free)
 	s.free = s.free[:0]
+	if s.wlog != nil {
+		s.wlog.buf = nil // the framing buffer of the segment being written
+	}
 }
 
 // resetStream ends record-by-record reading of the current segment.
