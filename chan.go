@@ -84,6 +84,7 @@ type Chan[T any] struct {
 
 	avgSize  atomic.Int64 // average encoded message size seen by the compressors
 	inflight atomic.Int64 // batches sent to the compressors, and Store messages, not yet through the disk goroutine
+	auto     autoPace     // WithCompression(Auto): how busy the compressors are
 	backlog  atomic.Bool  // the disk goroutine holds stored messages not yet handed to the loop
 }
 

@@ -66,13 +66,14 @@ const idleRelease = time.Second
 
 // compressBatch encodes b into records and hands them to the disk goroutine.
 func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
-	// Behind (Auto compresses with S2): another batch is on its way while this one is
-	// compressed, with two compressors (so zstd at full speed would take both cores of a
-	// two-core machine from the producer); with one, a batch waits for it. At 20k and 100k
-	// lines/s Auto's records are as small as zstd's (ratio 4.13); at 300k/s it is 3.83;
-	// with a producer at full speed, 1.4-1.8x as many lines/s as by the rule "more batches on
-	// their way than compressors" (BenchmarkSpillCompression; TestAutoZstdWhenCompressorsKeepUp).
-	behind := c.inflight.Load() > int64(max(c.compressors()-1, 1))
+	auto := c.opts.compression == Auto
+	behind := auto && c.auto.behind(time.Now().UnixNano(), c.compressors())
+	var start time.Time
+	var sending time.Duration // waiting for the disk goroutine: not the compressor's work
+	if auto {
+		start = time.Now()
+		defer func() { c.auto.add(time.Since(start)-sending, behind) }()
+	}
 	c.encodeBatch(w, b, behind, func(e encoded[T]) {
 		if e.rec != nil {
 			// A copy, so the compressor goes on with w while the disk goroutine appends
@@ -85,8 +86,62 @@ func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 			}
 			e.rec = append(buf[:0], e.rec...)
 		}
+		if auto {
+			t := time.Now()
+			defer func() { sending += time.Since(t) }()
+		}
 		c.recCh <- e
 	})
+}
+
+// autoPace decides Auto's compression from how busy the compressors were in the last
+// window: S2 while compressing every batch with zstd would keep them busy more than
+// autoBusy of the time (they fall behind a producer, who then waits for them), zstd
+// otherwise. Time spent on S2 batches counts s2Cheaper times, as what zstd would have
+// taken, so that Auto goes back to zstd once zstd would keep up, not as soon as S2 does.
+//
+// Busy time, not queue length: a queue of two batches also comes from group commit
+// (write-ahead) or from a compressor descheduled on a busy machine, at rates zstd keeps up
+// with easily. Generated log lines, consumer stalled, a quiet 2-core machine: ratio 4.13
+// at 20k, 100k and 300k lines a second, as Zstd; with the producer at full speed, S2's
+// speed (BenchmarkSpillCompression; TestAutoZstdWhenCompressorsKeepUp).
+type autoPace struct {
+	mu    sync.Mutex
+	start int64 // the window's start (unix nanoseconds); 0: none yet
+	busy  int64 // compressing time in the window, in zstd nanoseconds
+	s2    bool  // the last window's decision
+}
+
+const (
+	autoWindow = 20 * time.Millisecond
+	autoBusy   = 0.5
+	s2Cheaper  = 3
+)
+
+// behind reports whether the next batch is to be compressed with S2, closing the window
+// if it is over.
+func (p *autoPace) behind(now int64, compressors int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.start == 0 {
+		p.start = now
+	}
+	if el := now - p.start; el >= int64(autoWindow) {
+		p.s2 = float64(p.busy) > autoBusy*float64(el)*float64(compressors)
+		p.start, p.busy = now, 0
+	}
+	return p.s2
+}
+
+// add counts d of compressing, with S2 if s2.
+func (p *autoPace) add(d time.Duration, s2 bool) {
+	n := int64(d)
+	if s2 {
+		n *= s2Cheaper
+	}
+	p.mu.Lock()
+	p.busy += n
+	p.mu.Unlock()
 }
 
 // recycleRec gives the buffer of a record the spool has taken (it copies what it

@@ -41,7 +41,8 @@ func abFlip(t *testing.T, name string, at int64) {
 
 // abandon (also on the read path) fsyncs what was written; if that fsync fails, the
 // next Sync says so, as for a background seal, instead of reporting success for records
-// that were never made durable. (From a review.)
+// that were never made durable, also when an Append returned the failure first. (From two
+// reviews.)
 func TestAbandonFsyncErrorReturnedBySync(t *testing.T) {
 	dir := t.TempDir()
 	opts := testOpts()
@@ -70,8 +71,16 @@ func TestAbandonFsyncErrorReturnedBySync(t *testing.T) {
 	if _, err := s.Next(); err != nil {
 		t.Fatalf("Next: %v", err)
 	}
+	// An Append in between (a spill after the damage) returns the failure first; the
+	// Sync after it must still not say the three records are durable.
+	if _, err := s.Append(makeRecord(t, "after")); err == nil {
+		t.Errorf("Append after the failed fsync: nil error, want it reported")
+	}
 	if err := s.Sync(); err == nil {
 		t.Errorf("Sync returned nil after the fsync of the segment holding 3 unsynced records failed")
+	}
+	if err := s.Sync(); err != nil {
+		t.Errorf("a second Sync: %v, want nil (the failure is reported once)", err)
 	}
 }
 

@@ -216,7 +216,8 @@ type Spool struct {
 	bg        sync.WaitGroup        // background seals and counting
 	counted   chan lazyMeta         // background counts for pump
 	countDone chan struct{}         // closed when the background counting has sent everything
-	bgErr     atomic.Pointer[error] // an error from a background seal
+	bgErr     atomic.Pointer[error] // a failed seal's fsync, for the next Append, Sync or Close
+	syncErr   atomic.Pointer[error] // the same, for the next Sync or Close even if an Append took it
 }
 
 // Open opens or creates the spool in dir, taking its lock. It removes leftovers of
@@ -338,7 +339,7 @@ func (s *Spool) Close() error {
 		}
 	}
 	s.bg.Wait()
-	errs = append(errs, s.sealErr(), s.collect(), s.Checkpoint())
+	errs = append(errs, s.syncFailed(), s.collect(), s.Checkpoint())
 	s.closed = true
 	s.rbuf, s.rents = nil, nil
 	s.resetStream()

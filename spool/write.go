@@ -147,7 +147,7 @@ func (s *Spool) Sync() error {
 	}
 	clear(s.sealing)
 	s.sealing = s.sealing[:0]
-	if err := s.sealErr(); err != nil {
+	if err := s.syncFailed(); err != nil {
 		return err
 	}
 	if s.wlog == nil {
@@ -188,8 +188,7 @@ func (s *Spool) seal() error {
 		defer close(done)
 		err := l.close() // fsyncs the file
 		if err != nil {
-			err = fmt.Errorf("spool: seal segment %s: %w", sg.name(), err)
-			s.bgErr.Store(&err)
+			s.failSync(fmt.Errorf("spool: seal segment %s: %w", sg.name(), err))
 		}
 		close(synced)
 		if err != nil {
@@ -202,9 +201,27 @@ func (s *Spool) seal() error {
 	return s.collect()
 }
 
-// sealErr returns (once) an error from a background seal.
+// failSync records a failed fsync of a segment no longer written (a seal, or abandon):
+// records appended before it may not be durable. The next Append returns it, and so does
+// the next Sync (or Close), even if an Append returned it first: a Sync must not report
+// durable what is not.
+func (s *Spool) failSync(err error) {
+	s.bgErr.Store(&err)
+	s.syncErr.Store(&err)
+}
+
+// sealErr returns (once) a failed fsync recorded by failSync, for Append.
 func (s *Spool) sealErr() error {
 	if p := s.bgErr.Swap(nil); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// syncFailed returns (once) a failed fsync recorded by failSync, for Sync and Close.
+func (s *Spool) syncFailed() error {
+	s.bgErr.Swap(nil)
+	if p := s.syncErr.Swap(nil); p != nil {
 		return *p
 	}
 	return nil
@@ -223,8 +240,7 @@ func (s *Spool) abandon(keepMeta bool) {
 	s.wlog, s.active = nil, nil
 	sg.sealed, sg.offs = true, nil
 	if err != nil {
-		err = fmt.Errorf("spool: seal segment %s: %w", sg.name(), err)
-		s.bgErr.Store(&err)
+		s.failSync(fmt.Errorf("spool: seal segment %s: %w", sg.name(), err))
 	}
 	s.truncateAfterError(sg, nil)
 	if keepMeta && err == nil && sg.meta.records > 0 {
