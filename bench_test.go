@@ -40,57 +40,42 @@ func waitStored[T any](c *Chan[T], n int64) {
 
 // BenchmarkSpill: the consumer is stalled, every message goes to disk.
 func BenchmarkSpill(b *testing.B) {
-	lines, total := benchLines(4096)
 	for _, s := range benchSyncs {
-		b.Run("sync="+s.name, func(b *testing.B) {
-			src := make(chan []byte, 256)
-			c, err := New(b.TempDir(), src, Bytes, WithBuffer(0), WithSync(s.p))
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.SetBytes(total / int64(len(lines)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				src <- lines[i%len(lines)]
-			}
-			waitStored(c, int64(b.N))
-			b.StopTimer()
-			st := c.Stats()
-			if st.Spilled+st.Direct != int64(b.N) {
-				b.Fatalf("stored %d+%d of %d", st.Spilled, st.Direct, b.N)
-			}
-			b.ReportMetric(st.CompressionRatio, "ratio")
-			if err := c.Close(); err != nil {
-				b.Fatal(err)
-			}
-		})
+		b.Run("sync="+s.name, func(b *testing.B) { benchSpill(b, WithSync(s.p)) })
+	}
+}
+
+// benchSpill times b.N lines sent to a new Chan (opts) whose consumer is away, until all
+// are stored.
+func benchSpill(b *testing.B, opts ...Option) {
+	lines, total := benchLines(4096)
+	src := make(chan []byte, 256)
+	c, err := New(b.TempDir(), src, Bytes, append([]Option{WithBuffer(0)}, opts...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(total / int64(len(lines)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		src <- lines[i%len(lines)]
+	}
+	waitStored(c, int64(b.N))
+	b.StopTimer()
+	st := c.Stats()
+	if st.Spilled+st.Direct != int64(b.N) {
+		b.Fatalf("stored %d+%d of %d", st.Spilled, st.Direct, b.N)
+	}
+	b.ReportMetric(st.CompressionRatio, "ratio")
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
 	}
 }
 
 // BenchmarkSpillCompression: BenchmarkSpill/sync=never with each compression.
 func BenchmarkSpillCompression(b *testing.B) {
-	lines, total := benchLines(4096)
 	for _, comp := range []Compression{Zstd, S2, Auto} {
-		b.Run(comp.String(), func(b *testing.B) {
-			src := make(chan []byte, 256)
-			c, err := New(b.TempDir(), src, Bytes, WithBuffer(0), WithSync(SyncNever), WithCompression(comp))
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.SetBytes(total / int64(len(lines)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				src <- lines[i%len(lines)]
-			}
-			waitStored(c, int64(b.N))
-			b.StopTimer()
-			b.ReportMetric(c.Stats().CompressionRatio, "ratio")
-			if err := c.Close(); err != nil {
-				b.Fatal(err)
-			}
-		})
+		b.Run(comp.String(), func(b *testing.B) { benchSpill(b, WithSync(SyncNever), WithCompression(comp)) })
 	}
 }
 

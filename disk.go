@@ -67,7 +67,7 @@ const idleRelease = time.Second
 // compressBatch encodes b into records and hands them to the disk goroutine.
 func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 	auto := c.opts.compression == Auto
-	behind := auto && c.auto.behind(time.Now().UnixNano(), c.compressors())
+	behind := auto && c.auto.behind(time.Now(), c.compressors())
 	var start time.Time
 	var sending time.Duration // waiting for the disk goroutine: not the compressor's work
 	if auto {
@@ -107,9 +107,9 @@ func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 // speed (BenchmarkSpillCompression; TestAutoZstdWhenCompressorsKeepUp).
 type autoPace struct {
 	mu    sync.Mutex
-	start int64 // the window's start (unix nanoseconds); 0: none yet
-	busy  int64 // compressing time in the window, in zstd nanoseconds
-	s2    bool  // the last window's decision
+	start time.Time // the window's start (with the monotonic clock: a step of the wall clock does not move it); zero: none yet
+	busy  int64     // compressing time in the window, in zstd nanoseconds
+	s2    bool      // the last window's decision
 }
 
 const (
@@ -120,13 +120,13 @@ const (
 
 // behind reports whether the next batch is to be compressed with S2, closing the window
 // if it is over.
-func (p *autoPace) behind(now int64, compressors int) bool {
+func (p *autoPace) behind(now time.Time, compressors int) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.start == 0 {
+	if p.start.IsZero() {
 		p.start = now
 	}
-	if el := now - p.start; el >= int64(autoWindow) {
+	if el := now.Sub(p.start); el >= autoWindow {
 		p.s2 = float64(p.busy) > autoBusy*float64(el)*float64(compressors)
 		p.start, p.busy = now, 0
 	}
@@ -355,6 +355,7 @@ type diskState[T any] struct {
 	skipped  int64           // record bytes the reader passed over (handed out from memory)
 	w        *segment.Writer // for Store, made on demand
 	dirtyAt  int64           // when the last record was written, until the segment is sealed idle
+	syncFail error           // a failed fsync of the sync policy's, for the next Sync (see syncErr)
 }
 
 func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
@@ -766,18 +767,30 @@ func (c *Chan[T]) serveSyncs(d *diskState[T]) {
 func (c *Chan[T]) sync(d *diskState[T]) { c.syncErr(d, false) }
 
 // syncErr fsyncs what was written since the last fsync, per the sync policy or, for
-// Sync, whatever it is.
+// Sync (always), whatever it is. A failure met by an fsync of the policy's own (the
+// SyncEvery tick, SyncAlways after a write) is also kept for the next Sync: what that Sync
+// covers may not be durable, and the spool reports a failure only once.
 func (c *Chan[T]) syncErr(d *diskState[T], always bool) error {
-	if !d.dirty || (c.opts.sync.never && !always) {
-		return nil
+	var err error
+	if d.dirty && (always || !c.opts.sync.never) {
+		if err = d.sp.Sync(); err != nil {
+			err = fmt.Errorf("pelichan: %w", err)
+			c.rep.report(err)
+		} else {
+			d.dirty = false
+		}
 	}
-	if err := d.sp.Sync(); err != nil {
-		err = fmt.Errorf("pelichan: %w", err)
-		c.rep.report(err)
+	if !always {
+		if err != nil {
+			d.syncFail = err
+		}
 		return err
 	}
-	d.dirty = false
-	return nil
+	if err == nil {
+		err = d.syncFail
+	}
+	d.syncFail = nil
+	return err
 }
 
 // dispatch reads records while there are refill items free and hands them to the

@@ -230,6 +230,9 @@ func TestOptionsCompressionRoundTrip(t *testing.T) {
 // the two compression ratios are equal. (Zstd gives about 4 on these lines, S2 about
 // 2.7: an Auto that picked S2 for any of these batches would differ.)
 func TestAutoZstdWhenCompressorsKeepUp(t *testing.T) {
+	if raceEnabled() {
+		t.Skip("under -race on a busy machine zstd itself can fall behind; run without -race")
+	}
 	lines, _ := benchLines(4096)
 	ratio := func(comp Compression) float64 {
 		src := make(chan []byte)
@@ -264,7 +267,9 @@ func TestAutoZstdWhenCompressorsKeepUp(t *testing.T) {
 // In write-ahead mode (group commit keeps two batches on their way at any rate) Auto
 // still compresses with zstd at an ordinary rate: its ratio is Zstd's, give or take the
 // batch boundaries pacing makes. (From a review: a rule that counted batches on their way
-// gave 3.4-3.7 against zstd's 3.85 at 100k lines/s.)
+// gave 3.4-3.7 against zstd's 3.85 at 100k lines/s on an idle machine. The test runs at
+// 20k lines/s, which a machine busy with other tests keeps up with too: Auto's busy time
+// is wall time, so on a starved machine S2 comes sooner, as its doc says.)
 func TestAutoWriteAheadKeepsZstd(t *testing.T) {
 	if raceEnabled() {
 		// The race detector makes zstd many times slower: at this rate the compressors
@@ -273,7 +278,7 @@ func TestAutoWriteAheadKeepsZstd(t *testing.T) {
 	}
 	lines, _ := benchLines(4096)
 	ratio := func(comp Compression) float64 {
-		const rate, n = 100_000, 100_000
+		const rate, n = 20_000, 20_000
 		src := make(chan []byte, 256)
 		c, err := New(t.TempDir(), src, Bytes, WithBuffer(0), WithSync(SyncNever), WithWriteAhead(), WithCompression(comp))
 		if err != nil {
@@ -307,7 +312,7 @@ func TestAutoWriteAheadKeepsZstd(t *testing.T) {
 	}
 	z, a := ratio(Zstd), ratio(Auto)
 	if a < z-0.15 {
-		t.Errorf("write-ahead at 100k lines/s: Auto's compression ratio %.2f, Zstd's %.2f", a, z)
+		t.Errorf("write-ahead at 20k lines/s: Auto's compression ratio %.2f, Zstd's %.2f", a, z)
 	}
 }
 
@@ -323,4 +328,47 @@ func raceEnabled() bool {
 		}
 	}
 	return false
+}
+
+// autoPace: S2 while compressing with zstd would keep the compressors busy more than
+// half of a window, zstd otherwise; S2 time counts three times; the decision takes
+// effect from the window after the one measured.
+func TestAutoPace(t *testing.T) {
+	base := time.Now()
+	at := func(ms int) time.Time { return base.Add(time.Duration(ms) * time.Millisecond) }
+	for _, c := range []struct {
+		name        string
+		compressors int
+		busy        time.Duration // in the first 20 ms window
+		s2          bool          // the batches in it were S2
+		want        bool          // S2 for the next window
+	}{
+		{"idle", 2, 0, false, false},
+		{"zstd light", 2, 5 * time.Millisecond, false, false},
+		{"zstd at 45%", 2, 18 * time.Millisecond, false, false},
+		{"zstd at 60%", 2, 24 * time.Millisecond, false, true},
+		{"zstd saturated", 2, 40 * time.Millisecond, false, true},
+		{"S2 light", 2, 5 * time.Millisecond, true, false},
+		{"S2 at 20%, zstd would take 60%", 2, 8 * time.Millisecond, true, true},
+		{"one compressor at 60%", 1, 12 * time.Millisecond, false, true},
+		{"one compressor at 40%", 1, 8 * time.Millisecond, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var p autoPace
+			if p.behind(at(0), c.compressors) {
+				t.Fatal("S2 before anything was measured")
+			}
+			p.add(c.busy, c.s2)
+			if got := p.behind(at(10), c.compressors); got {
+				t.Fatal("decided before the window ended")
+			}
+			if got := p.behind(at(20), c.compressors); got != c.want {
+				t.Fatalf("after the window: S2 %v, want %v", got, c.want)
+			}
+			// An idle window after it: back to zstd.
+			if p.behind(at(45), c.compressors) {
+				t.Fatal("still S2 after an idle window")
+			}
+		})
+	}
 }

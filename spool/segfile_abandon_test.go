@@ -1,43 +1,11 @@
 package spool
 
 import (
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 )
-
-func abDrain(t *testing.T, s *Spool) (msgs []string, last Cursor) {
-	for {
-		rec, err := s.Next()
-		if err == io.EOF {
-			return
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs = append(msgs, decodeRecord(t, rec.Data)...)
-		last = Cursor{Seg: rec.Pos.Seg, Index: rec.Pos.Index + 1}
-		s.Release(rec)
-	}
-}
-
-func abFlip(t *testing.T, name string, at int64) {
-	f, err := os.OpenFile(name, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var b [1]byte
-	if _, err := f.ReadAt(b[:], at); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0xff
-	if _, err := f.WriteAt(b[:], at); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // abandon (also on the read path) fsyncs what was written; if that fsync fails, the
 // next Sync says so, as for a background seal, instead of reporting success for records
@@ -108,7 +76,7 @@ func TestActiveDamageReportedOnceAfterReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	abFlip(t, filepath.Join(dir, s.active.name(), walFile), int64(offs[2])-2) // record 1
+	flipByte(t, filepath.Join(dir, s.active.name(), walFile), int64(offs[2])-2, 0xff) // record 1
 	if _, err := s.Next(); err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +92,7 @@ func TestActiveDamageReportedOnceAfterReopen(t *testing.T) {
 	reports = nil
 	s = mustOpen(t, dir, opts)
 	defer s.Close()
-	msgs, _ := abDrain(t, s)
+	msgs := drain(t, s)
 	st := s.Stats()
 	if len(reports) != 1 || st.Corrupt != 1 {
 		t.Errorf("session 2: one damaged record reported %d times (Corrupt %d): %v", len(reports), st.Corrupt, reports)

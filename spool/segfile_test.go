@@ -3,7 +3,6 @@ package spool
 import (
 	"bytes"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -164,34 +163,8 @@ func TestActiveSegmentDamagedBeforeRead(t *testing.T) {
 		}
 	}
 	// Flip a byte inside the second record's payload (its last byte).
-	name := filepath.Join(dir, s.active.name(), walFile)
-	f, err := os.OpenFile(name, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b [1]byte
-	at := firsts[2] - 3
-	if _, err := f.ReadAt(b[:], at); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0xff
-	if _, err := f.WriteAt(b[:], at); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-
-	var got []string
-	for {
-		rec, err := s.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, decodeRecord(t, rec.Data)...)
-		s.Release(rec)
-	}
+	flipByte(t, filepath.Join(dir, s.active.name(), walFile), firsts[2]-3, 0xff)
+	got := drain(t, s)
 	if want := []string{"m0", "x", "m2", "x"}; !slices.Equal(got, want) {
 		t.Fatalf("delivered %q, want %q", got, want)
 	}
