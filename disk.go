@@ -102,9 +102,10 @@ func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
 //
 // Busy time, not queue length: a queue of two batches also comes from group commit
 // (write-ahead) or from a compressor descheduled on a busy machine, at rates zstd keeps up
-// with easily. Generated log lines, consumer stalled, a quiet 2-core machine: ratio 4.13
-// at 20k, 100k and 300k lines a second, as Zstd; with the producer at full speed, S2's
-// speed (BenchmarkSpillCompression; TestAutoZstdWhenCompressorsKeepUp).
+// with easily. Generated log lines, consumer stalled, a quiet 2-core machine: ratio
+// 4.09-4.14 from 20k to 600k lines a second, as Zstd; with the producer at full speed,
+// S2's speed (BenchmarkSpillCompression; TestAutoPace, TestAutoZstdWhenCompressorsKeepUp,
+// TestAutoWriteAheadKeepsZstd).
 type autoPace struct {
 	mu    sync.Mutex
 	start time.Time // the window's start (with the monotonic clock: a step of the wall clock does not move it); zero: none yet
