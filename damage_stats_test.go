@@ -5,7 +5,6 @@ package pelichan
 // less those the cursor file marked done.
 
 import (
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"testing"
@@ -175,23 +174,18 @@ func dmDrainAcking(t *testing.T, c *Chan[string], done map[string]bool) ([]strin
 // fails, and returns the record's offset.
 func dmFlipRecord(t *testing.T, seg string, k int) int {
 	t.Helper()
-	wal := filepath.Join(seg, "00000000000000000001")
+	wal := filepath.Join(seg, fzWAL)
+	recs := fzParseWAL(t, wal, 0)
+	if k >= len(recs) {
+		t.Fatalf("%s: no record %d (%d records)", wal, k, len(recs))
+	}
 	data, err := os.ReadFile(wal)
 	if err != nil {
 		t.Fatal(err)
 	}
-	off := 0
-	for range k {
-		size, n := binary.Uvarint(data[off:])
-		off += n + int(size)
-	}
-	size, n := binary.Uvarint(data[off:])
-	if n <= 0 || off+n+int(size) > len(data) {
-		t.Fatalf("%s: no record %d", wal, k)
-	}
-	data[off+n+int(size)-1] ^= 0x10 // the record's last byte
+	data[recs[k].end-1] ^= 0x10 // the record's last byte
 	if err := os.WriteFile(wal, data, 0o640); err != nil {
 		t.Fatal(err)
 	}
-	return off
+	return int(recs[k].off)
 }

@@ -34,28 +34,15 @@ func ltSetup(t *testing.T, dir string, n int, opts []Option) []string {
 // records were cut (keep 0: the file is emptied).
 func ltCut(t *testing.T, seg string, keep int) int {
 	t.Helper()
-	wal := filepath.Join(seg, "00000000000000000001")
-	data, err := os.ReadFile(wal)
-	if err != nil {
+	wal := filepath.Join(seg, fzWAL)
+	recs := fzParseWAL(t, wal, 0)
+	if len(recs) <= keep {
+		t.Fatalf("%s holds %d records: the test needs more than %d", seg, len(recs), keep)
+	}
+	if err := os.Truncate(wal, recs[keep].off); err != nil {
 		t.Fatal(err)
 	}
-	off, recs := 0, 0
-	cut := 0
-	for off < len(data) {
-		if recs == keep {
-			cut = off
-		}
-		size, k := binary.Uvarint(data[off:])
-		off += k + int(size)
-		recs++
-	}
-	if recs <= keep {
-		t.Fatalf("%s holds %d records: the test needs more than %d", seg, recs, keep)
-	}
-	if err := os.Truncate(wal, int64(cut)); err != nil {
-		t.Fatal(err)
-	}
-	return recs - keep
+	return len(recs) - keep
 }
 
 // ltSession3 opens the crash image, checks OnDisk at open (want wantOpen, -1: only
