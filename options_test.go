@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pelichan/pelichan/internal/race"
 	"github.com/pelichan/pelichan/segment"
 )
 
@@ -230,7 +230,7 @@ func TestOptionsCompressionRoundTrip(t *testing.T) {
 // the two compression ratios are equal. (Zstd gives about 4 on these lines, S2 about
 // 2.7: an Auto that picked S2 for any of these batches would differ.)
 func TestAutoZstdWhenCompressorsKeepUp(t *testing.T) {
-	if raceEnabled() {
+	if race.Enabled {
 		t.Skip("under -race on a busy machine zstd itself can fall behind; run without -race")
 	}
 	lines, _ := benchLines(4096)
@@ -271,7 +271,7 @@ func TestAutoZstdWhenCompressorsKeepUp(t *testing.T) {
 // 20k lines/s, which a machine busy with other tests keeps up with too: Auto's busy time
 // is wall time, so on a starved machine S2 comes sooner, as its doc says.)
 func TestAutoWriteAheadKeepsZstd(t *testing.T) {
-	if raceEnabled() {
+	if race.Enabled {
 		// The race detector makes zstd many times slower: at this rate the compressors
 		// then do fall behind, and Auto rightly takes S2.
 		t.Skip("compression is too slow under -race for this rate; run without -race")
@@ -314,20 +314,6 @@ func TestAutoWriteAheadKeepsZstd(t *testing.T) {
 	if a < z-0.15 {
 		t.Errorf("write-ahead at 20k lines/s: Auto's compression ratio %.2f, Zstd's %.2f", a, z)
 	}
-}
-
-// raceEnabled reports whether the test binary was built with -race.
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
 
 // autoPace: S2 while compressing with zstd would keep the compressors busy more than

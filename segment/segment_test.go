@@ -11,12 +11,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pelichan/pelichan/internal/race"
 )
 
 // Regenerate the golden files with: go test ./segment -run TestGolden -update
@@ -841,23 +841,9 @@ func skipHuge(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fills 64 MiB buffers; skipped in -short mode")
 	}
-	if raceEnabled() {
+	if race.Enabled {
 		t.Skip("fills 64 MiB buffers, which takes seconds under -race; run without -race")
 	}
-}
-
-// raceEnabled reports whether the test binary was built with -race.
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
 
 // A message that would push the batch past MaxRawSize is refused and leaves the batch
