@@ -152,18 +152,16 @@ func TestActiveSegmentDamagedBeforeRead(t *testing.T) {
 	opts.OnCorrupt = func(err error) { reported = append(reported, err) }
 	s := mustOpen(t, dir, opts)
 	defer s.Close()
-	var firsts []int64 // each record's offset
-	var size int64
+	var offs []int64 // each record's offset, as Append returns it
 	for i := range 3 {
-		rec := makeRecord(t, "m"+string(rune('0'+i)), "x")
-		firsts = append(firsts, size)
-		size += int64(uvarintLen(uint64(len(rec))) + len(rec))
-		if _, err := s.Append(rec); err != nil {
+		pos, err := s.Append(makeRecord(t, "m"+string(rune('0'+i)), "x"))
+		if err != nil {
 			t.Fatal(err)
 		}
+		offs = append(offs, int64(pos.Index))
 	}
 	// Flip a byte inside the second record's payload (its last byte).
-	flipByte(t, filepath.Join(dir, s.active.name(), walFile), firsts[2]-3, 0xff)
+	flipByte(t, filepath.Join(dir, s.active.name(), walFile), offs[2]-3, 0xff)
 	got := drain(t, s)
 	if want := []string{"m0", "x", "m2", "x"}; !slices.Equal(got, want) {
 		t.Fatalf("delivered %q, want %q", got, want)
