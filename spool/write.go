@@ -14,7 +14,8 @@ import (
 	"github.com/tidwall/wal"
 )
 
-// Append adds one record (as built by segment.Writer) at the tail and returns its
+// Append adds one record (as built by segment.Writer; one whose header or CRC does not
+// check is refused with an error wrapping ErrCorrupt) at the tail and returns its
 // position: Cursor{Seg: its segment, Index: the byte offset of its framing in the
 // segment's WAL file, Offset: 0}, as Next returns it. Positions increase with every Append, and no two records of a spool directory ever get the same
 // one (segment numbers are never used twice; see Open). The record is durable once Sync
