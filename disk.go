@@ -357,6 +357,11 @@ type diskState[T any] struct {
 	w        *segment.Writer // for Store, made on demand
 	dirtyAt  int64           // when the last record was written, until the segment is sealed idle
 	syncFail error           // a failed fsync of the sync policy's, for the next Sync (see syncErr)
+	// Until the first record read comes back from the decoders, one record is read and
+	// decoded at a time and the spool's background counting waits (StartCounting), so
+	// that the first message after New is not held up by read-ahead and bookkeeping.
+	warm    bool
+	yielded bool // the first refill item went to the loop, and the goroutine let it run
 }
 
 func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
@@ -396,7 +401,11 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 	recC := c.recCh
 
 	for {
+		c.handFirst(d)
 		c.dispatch(d)
+		if d.decoding == 0 {
+			sp.StartCounting() // nothing read, or nothing left to wait for
+		}
 		c.advance(d)
 		c.serveSyncs(d)
 		idle := !d.lag && len(d.readyQ) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
@@ -448,13 +457,14 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 			c.recycleRec(d.retry.rec)
 			d.retry = nil
 		case readyC <- ready:
-			d.readyQ[0] = nil
-			d.readyQ = d.readyQ[1:]
+			d.popReady()
 		case shadowC <- shadow:
 			d.shadowQ[0] = nil
 			d.shadowQ = d.shadowQ[1:]
 		case j := <-d.decoded:
 			d.decoding--
+			d.warm = true
+			sp.StartCounting()
 			c.decodedJob(d, j)
 		case b := <-c.returnCh:
 			c.returned(d, b)
@@ -801,7 +811,7 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 	// With no item free, records handed out from memory are still passed over, as long as
 	// they are all that is unread, so the reader never has to come back for them (from a
 	// sealed segment's file).
-	for (len(d.free) > 0 || (!d.lag && len(d.tr.ahead) > 0)) && d.decoding < 3*refillPool {
+	for (len(d.free) > 0 || (!d.lag && len(d.tr.ahead) > 0)) && d.decoding < 3*refillPool && (d.warm || d.decoding == 0) {
 		rec, err := d.sp.Next()
 		c.takeMissing(d)
 		if errors.Is(err, io.EOF) {
@@ -846,6 +856,28 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 		d.busyAt = time.Now().UnixNano()
 		c.lateCounts(d, c.peek(d))
 	}
+}
+
+// handFirst gives the loop the first item read after New, if the loop is waiting for it,
+// before the disk goroutine reads further, and yields: the loop delivers the first message
+// at once rather than after the read-ahead.
+func (c *Chan[T]) handFirst(d *diskState[T]) {
+	if d.yielded || len(d.readyQ) == 0 {
+		return
+	}
+	select {
+	case c.readyCh <- d.readyQ[0]:
+		d.popReady()
+		d.yielded = true
+		runtime.Gosched()
+	default:
+	}
+}
+
+// popReady drops the first item of readyQ, which the loop has taken.
+func (d *diskState[T]) popReady() {
+	d.readyQ[0] = nil
+	d.readyQ = d.readyQ[1:]
 }
 
 // takeMissing settles OnDisk for the messages the reader will not find (spool.Missing):

@@ -77,7 +77,7 @@ func TestExtra(t *testing.T) {
 	want := readCursorFile(t, dir)
 	// A crash now: the checkpoint has it.
 	crash := t.TempDir()
-	s.bg.Wait() // no seal writing a meta file while it is copied
+	waitBackground(s) // no seal writing a meta file while it is copied
 	copyDir(t, dir, crash)
 	s.SetExtra([]byte("acked: 5, 7, 9"))
 	if err := s.Close(); err != nil {
@@ -255,7 +255,7 @@ func TestSegmentNumbersNeverReused(t *testing.T) {
 	s = mustOpen(t, dir, testOpts())
 	appendAll(t, s, batches("dropped", 40, 3))
 	note()
-	s.bg.Wait()
+	waitBackground(s)
 	crash := t.TempDir()
 	copyDir(t, dir, crash)
 	s.Close()
@@ -270,7 +270,7 @@ func TestSegmentNumbersNeverReused(t *testing.T) {
 			break
 		}
 	}
-	s.bg.Wait()
+	waitBackground(s)
 	crash = t.TempDir()
 	copyDir(t, dir, crash)
 	s.Close()

@@ -171,8 +171,8 @@ type lazyMeta struct {
 	ok   bool // false: no valid meta file; the owner scans the segment when it needs it
 }
 
-// countInBackground reads the meta files of the segments Open left uncounted. The results
-// are applied by the owning goroutine in pump.
+// countInBackground reads the meta files of the segments Open left uncounted, once
+// StartCounting lets it begin. The results are applied by the owning goroutine in pump.
 func (s *Spool) countInBackground() {
 	var lazy []*seg
 	for _, sg := range s.segs {
@@ -186,10 +186,13 @@ func (s *Spool) countInBackground() {
 	s.counted = make(chan lazyMeta, len(lazy))
 	done := make(chan struct{})
 	s.countDone = done
+	begin := make(chan struct{})
+	s.countGo = begin
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
 		defer close(done)
+		<-begin
 		for _, sg := range lazy {
 			r := lazyMeta{sg: sg}
 			if fi, err := os.Stat(s.path(sg.name(), walFile)); err == nil {
@@ -201,6 +204,17 @@ func (s *Spool) countInBackground() {
 			s.counted <- r
 		}
 	}()
+}
+
+// StartCounting lets the background counting of the segments Open left uncounted begin
+// (see Counted). Until then it waits, so that it does not compete with reading the first
+// record after Open: the owner calls it once that record is through. Stats and Close call
+// it too. It may be called any number of times.
+func (s *Spool) StartCounting() {
+	if s.countGo != nil {
+		close(s.countGo)
+		s.countGo = nil
+	}
 }
 
 // pump applies the background counts that have arrived.

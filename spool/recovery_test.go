@@ -776,7 +776,7 @@ func TestCrashAfterFrontConsumed(t *testing.T) {
 	if segs := segNames(t, dir); segNum(t, segs[0]) != second {
 		t.Fatalf("segments %v: the front segment was not deleted once read", segs)
 	}
-	s.bg.Wait()
+	waitBackground(s)
 	crash := t.TempDir()
 	copyDir(t, dir, crash)
 	s.Close()

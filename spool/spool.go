@@ -216,6 +216,7 @@ type Spool struct {
 	bg        sync.WaitGroup        // background seals and counting
 	counted   chan lazyMeta         // background counts for pump
 	countDone chan struct{}         // closed when the background counting has sent everything
+	countGo   chan struct{}         // closed to let the background counting begin (StartCounting)
 	bgErr     atomic.Pointer[error] // a failed seal's fsync, for the next Append, Sync or Close
 	syncErr   atomic.Pointer[error] // the same, for the next Sync or Close even if an Append took it
 }
@@ -278,6 +279,7 @@ func (s *Spool) Cursor() Cursor { return s.acked }
 // background; Stats waits for them (once), so it is exact. Peek does not wait.
 func (s *Spool) Stats() Stats {
 	if s.st.Counting > 0 {
+		s.StartCounting()
 		<-s.countDone // everything has been sent
 		s.pump()
 		for _, sg := range slices.Clone(s.segs) {
@@ -288,7 +290,8 @@ func (s *Spool) Stats() Stats {
 }
 
 // Counted returns a channel that is closed once the counts left to the background at Open
-// have all been read (Peek is exact from then on, after one more call).
+// have all been read (Peek is exact from then on, after one more call). The counting
+// begins at StartCounting, Stats or Close.
 func (s *Spool) Counted() <-chan struct{} {
 	if s.countDone == nil {
 		c := make(chan struct{})
@@ -338,6 +341,7 @@ func (s *Spool) Close() error {
 			errs = append(errs, s.seal())
 		}
 	}
+	s.StartCounting() // the counting goroutine must end
 	s.bg.Wait()
 	errs = append(errs, s.syncFailed(), s.collect(), s.Checkpoint())
 	s.closed = true

@@ -1,0 +1,81 @@
+package spool
+
+import (
+	"testing"
+	"time"
+)
+
+// The counts Open leaves to the background are read only once StartCounting (or Stats,
+// or Close) lets the counting begin, so that they do not compete with the first read
+// after Open; once begun they all come in, and Close never waits for a counting that
+// was not let begin.
+func TestCountingWaitsForStartCounting(t *testing.T) {
+	orig := t.TempDir()
+	bs := batches("c", 30, 3)
+	writeSpool(t, orig, testOpts(), bs)
+	want := int64(len(flatten(bs)))
+
+	t.Run("StartCounting", func(t *testing.T) {
+		dir := t.TempDir()
+		copyDir(t, orig, dir)
+		s := mustOpen(t, dir, testOpts())
+		defer s.Close()
+		lazy := s.Peek().Counting
+		if lazy < 3 {
+			t.Fatalf("Counting %d after Open: want the test's segments left to the background", lazy)
+		}
+		time.Sleep(20 * time.Millisecond) // time enough for a counting that had begun
+		if st := s.Peek(); st.Counting != lazy {
+			t.Fatalf("Counting %d -> %d before StartCounting: the counting did not wait", lazy, st.Counting)
+		}
+		s.StartCounting()
+		s.StartCounting() // again: no effect
+		select {
+		case <-s.Counted():
+		case <-time.After(10 * time.Second):
+			t.Fatal("Counted not closed 10s after StartCounting")
+		}
+		if st := s.Peek(); st.Counting != 0 || st.Undelivered != want {
+			t.Fatalf("after the counting: Counting %d, Undelivered %d; want 0, %d", st.Counting, st.Undelivered, want)
+		}
+		if got := drain(t, s); int64(len(got)) != want {
+			t.Fatalf("read %d messages, want %d", len(got), want)
+		}
+	})
+
+	t.Run("Stats", func(t *testing.T) {
+		dir := t.TempDir()
+		copyDir(t, orig, dir)
+		s := mustOpen(t, dir, testOpts())
+		defer s.Close()
+		if st := s.Stats(); st.Counting != 0 || st.Undelivered != want {
+			t.Fatalf("Stats without StartCounting: Counting %d, Undelivered %d; want 0, %d", st.Counting, st.Undelivered, want)
+		}
+	})
+
+	t.Run("Close", func(t *testing.T) {
+		dir := t.TempDir()
+		copyDir(t, orig, dir)
+		s := mustOpen(t, dir, testOpts())
+		if s.Peek().Counting == 0 {
+			t.Fatal("nothing left to the background")
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.Close() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close without StartCounting did not return within 10s")
+		}
+	})
+}
+
+// waitBackground waits until s's background work (seals, counting) is over, letting the
+// counting begin if it has not.
+func waitBackground(s *Spool) {
+	s.StartCounting()
+	s.bg.Wait()
+}
