@@ -204,7 +204,6 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		reqCh:    make(chan request[T]),
 		statsReq: make(chan chan struct{}),
 		writeCh:  make(chan *batch[T], 1),
-		recCh:    make(chan encoded[T]),
 		freeCh:   make(chan []T, batchPool),
 		readyCh:  make(chan *refill[T]),
 		returnCh: make(chan *refill[T], refillPool),
@@ -217,6 +216,10 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		srcDone:  make(chan struct{}),
 		finishCh: make(chan finishReq[T]),
 	}
+	// A record each compressor has finished may wait for the disk goroutine, so that the
+	// compressor goes on with its next batch rather than wait for the disk goroutine to be
+	// scheduled: spill with Zstd in bench/, 5 interleaved runs, 1.02M -> 1.14M lines/s.
+	c.recCh = make(chan encoded[T], c.compressors())
 	if o.acks > 0 {
 		c.acks = newAckBox(o.acks, func() int { return len(c.dels) })
 		c.dels = make(chan Delivery[T], o.buffer)

@@ -566,8 +566,8 @@ func (d *diskState[T]) addStored(n int64) int64 {
 }
 
 // store appends one record and, with SyncAlways, makes it durable before its messages
-// count as stored. On success the compressor is told to go on; on error it waits while the
-// record is retried (until Close, when failures are final).
+// count as stored. On error the record is retried (until Close, when failures are final)
+// and recCh is not read meanwhile: the compressors wait once its buffer is full.
 func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 	b := e.b
 	if e.rec != nil {
