@@ -236,6 +236,8 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 	sp, err := spool.Open(dir, spool.Options{
 		SegmentSize: o.segmentSize,
 		NoSync:      o.sync.never,
+		// The counting starts once the first record is read (runDisk).
+		DeferCounting: true,
 		// Records handed out from memory are never dropped by the full-disk and age
 		// policies: they are out, and their copies count once done.
 		Pinned: func(seq uint64) bool { return tr != nil && tr.pins(seq) },

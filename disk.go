@@ -358,8 +358,8 @@ type diskState[T any] struct {
 	dirtyAt  int64           // when the last record was written, until the segment is sealed idle
 	syncFail error           // a failed fsync of the sync policy's, for the next Sync (see syncErr)
 	// Until the first record read comes back from the decoders, one record is read and
-	// decoded at a time and the spool's background counting waits (StartCounting), so
-	// that the first message after New is not held up by read-ahead and bookkeeping.
+	// decoded at a time, so that the first message after New is not held up by the
+	// read-ahead (and the spool's background counting waits for the first read).
 	warm    bool
 	yielded bool // the first refill item went to the loop, and the goroutine let it run
 }
@@ -403,9 +403,9 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 	for {
 		c.handFirst(d)
 		c.dispatch(d)
-		if d.decoding == 0 {
-			sp.StartCounting() // nothing read, or nothing left to wait for
-		}
+		// The first record is read (or there is none): the background counting may begin.
+		// Not later: Stats and the disk cap wait for the counts.
+		sp.StartCounting()
 		c.advance(d)
 		c.serveSyncs(d)
 		idle := !d.lag && len(d.readyQ) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
@@ -464,7 +464,6 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 		case j := <-d.decoded:
 			d.decoding--
 			d.warm = true
-			sp.StartCounting()
 			c.decodedJob(d, j)
 		case b := <-c.returnCh:
 			c.returned(d, b)

@@ -5,20 +5,33 @@ import (
 	"time"
 )
 
-// The counts Open leaves to the background are read only once StartCounting (or Stats,
-// or Close) lets the counting begin, so that they do not compete with the first read
-// after Open; once begun they all come in, and Close never waits for a counting that
-// was not let begin.
+// With DeferCounting, the counts Open leaves to the background are read only once
+// StartCounting (or Stats, or Close) lets the counting begin, so that they do not compete
+// with the first read after Open; once begun they all come in, and Close never waits for
+// a counting that was not let begin. Without it, they come in with no call.
 func TestCountingWaitsForStartCounting(t *testing.T) {
 	orig := t.TempDir()
 	bs := batches("c", 30, 3)
 	writeSpool(t, orig, testOpts(), bs)
 	want := int64(len(flatten(bs)))
+	deferred := testOpts()
+	deferred.DeferCounting = true
+	// within runs f, failing the test if it does not return within 10s.
+	within := func(t *testing.T, what string, f func()) {
+		t.Helper()
+		done := make(chan struct{})
+		go func() { defer close(done); f() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s did not return within 10s", what)
+		}
+	}
 
 	t.Run("StartCounting", func(t *testing.T) {
 		dir := t.TempDir()
 		copyDir(t, orig, dir)
-		s := mustOpen(t, dir, testOpts())
+		s := mustOpen(t, dir, deferred)
 		defer s.Close()
 		lazy := s.Peek().Counting
 		if lazy < 3 {
@@ -38,7 +51,7 @@ func TestCountingWaitsForStartCounting(t *testing.T) {
 		if st := s.Peek(); st.Counting != 0 || st.Undelivered != want {
 			t.Fatalf("after the counting: Counting %d, Undelivered %d; want 0, %d", st.Counting, st.Undelivered, want)
 		}
-		if got := drain(t, s); int64(len(got)) != want {
+		if got := drain(t, s); int64(len(got)) != want { // Next never waits
 			t.Fatalf("read %d messages, want %d", len(got), want)
 		}
 	})
@@ -46,9 +59,11 @@ func TestCountingWaitsForStartCounting(t *testing.T) {
 	t.Run("Stats", func(t *testing.T) {
 		dir := t.TempDir()
 		copyDir(t, orig, dir)
-		s := mustOpen(t, dir, testOpts())
+		s := mustOpen(t, dir, deferred)
 		defer s.Close()
-		if st := s.Stats(); st.Counting != 0 || st.Undelivered != want {
+		var st Stats
+		within(t, "Stats", func() { st = s.Stats() })
+		if st.Counting != 0 || st.Undelivered != want {
 			t.Fatalf("Stats without StartCounting: Counting %d, Undelivered %d; want 0, %d", st.Counting, st.Undelivered, want)
 		}
 	})
@@ -56,7 +71,7 @@ func TestCountingWaitsForStartCounting(t *testing.T) {
 	t.Run("Close", func(t *testing.T) {
 		dir := t.TempDir()
 		copyDir(t, orig, dir)
-		s := mustOpen(t, dir, testOpts())
+		s := mustOpen(t, dir, deferred)
 		if s.Peek().Counting == 0 {
 			t.Fatal("nothing left to the background")
 		}
@@ -69,6 +84,24 @@ func TestCountingWaitsForStartCounting(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("Close without StartCounting did not return within 10s")
+		}
+	})
+
+	t.Run("not deferred", func(t *testing.T) {
+		dir := t.TempDir()
+		copyDir(t, orig, dir)
+		s := mustOpen(t, dir, testOpts())
+		defer s.Close()
+		if s.Peek().Counting == 0 {
+			t.Fatal("nothing left to the background")
+		}
+		select {
+		case <-s.Counted():
+		case <-time.After(10 * time.Second):
+			t.Fatal("Counted not closed within 10s without DeferCounting")
+		}
+		if st := s.Peek(); st.Counting != 0 || st.Undelivered != want {
+			t.Fatalf("after the counting: Counting %d, Undelivered %d; want 0, %d", st.Counting, st.Undelivered, want)
 		}
 	})
 }

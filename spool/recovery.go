@@ -171,8 +171,9 @@ type lazyMeta struct {
 	ok   bool // false: no valid meta file; the owner scans the segment when it needs it
 }
 
-// countInBackground reads the meta files of the segments Open left uncounted, once
-// StartCounting lets it begin. The results are applied by the owning goroutine in pump.
+// countInBackground reads the meta files of the segments Open left uncounted (with
+// DeferCounting, once StartCounting lets it begin). The results are applied by the owning
+// goroutine in pump.
 func (s *Spool) countInBackground() {
 	var lazy []*seg
 	for _, sg := range s.segs {
@@ -188,6 +189,9 @@ func (s *Spool) countInBackground() {
 	s.countDone = done
 	begin := make(chan struct{})
 	s.countGo = begin
+	if !s.opts.DeferCounting {
+		s.StartCounting()
+	}
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
@@ -207,9 +211,8 @@ func (s *Spool) countInBackground() {
 }
 
 // StartCounting lets the background counting of the segments Open left uncounted begin
-// (see Counted). Until then it waits, so that it does not compete with reading the first
-// record after Open: the owner calls it once that record is through. Stats and Close call
-// it too. It may be called any number of times.
+// (see Counted), with DeferCounting: the owner calls it once the first record is read.
+// Stats and Close call it too. It may be called any number of times.
 func (s *Spool) StartCounting() {
 	if s.countGo != nil {
 		close(s.countGo)

@@ -48,6 +48,10 @@ type Options struct {
 	Pinned func(seq uint64) bool
 	// OnCorrupt receives every *CorruptionError found while opening and reading.
 	OnCorrupt func(error)
+	// DeferCounting makes the background counting of the segments Open leaves uncounted
+	// wait for StartCounting (or Stats, or Close), so that it does not compete with
+	// reading the first record.
+	DeferCounting bool
 }
 
 func (o Options) withDefaults() Options {
@@ -290,8 +294,8 @@ func (s *Spool) Stats() Stats {
 }
 
 // Counted returns a channel that is closed once the counts left to the background at Open
-// have all been read (Peek is exact from then on, after one more call). The counting
-// begins at StartCounting, Stats or Close.
+// have all been read (Peek is exact from then on, after one more call). With
+// DeferCounting, the counting begins at StartCounting, Stats or Close.
 func (s *Spool) Counted() <-chan struct{} {
 	if s.countDone == nil {
 		c := make(chan struct{})
