@@ -19,12 +19,8 @@ func TestFirstMessageAndLateCountsAfterOpen(t *testing.T) {
 	dmStore(t, dir, opts, "f", n)
 
 	c := open(t, dir, make(chan string), opts...)
-	stats := make(chan Stats, 1)
-	go func() { stats <- c.Stats() }()
-	var s Stats
-	select {
-	case s = <-stats:
-	case <-time.After(10 * time.Second):
+	s, ok := statsWithin(c, 10*time.Second)
+	if !ok {
 		t.Fatal("Stats did not return within 10s of New with a stalled consumer: the background counts never came")
 	}
 	if s.Segments < 10 {
@@ -80,15 +76,10 @@ func TestStatsAfterOpenDoesNotWaitForDecode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan Stats, 1)
-	go func() { done <- c.Stats() }()
-	select {
-	case s := <-done:
-		if s.OnDisk+s.InMemory != 300 {
-			t.Errorf("OnDisk %d + InMemory %d at open, want 300", s.OnDisk, s.InMemory)
-		}
-	case <-time.After(10 * time.Second):
+	if s, ok := statsWithin(c, 10*time.Second); !ok {
 		t.Error("Stats did not return within 10s while the codec's Decode waited for a lock")
+	} else if s.OnDisk+s.InMemory != 300 {
+		t.Errorf("OnDisk %d + InMemory %d at open, want 300", s.OnDisk, s.InMemory)
 	}
 	mu.Unlock()
 	akMustClose(t, c)
@@ -126,12 +117,8 @@ func TestCapHoldsWhileFirstDecodeWaits(t *testing.T) {
 	// Stats is called with a deadline: it waits for the background counts.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got := make(chan Stats, 1)
-		go func() { got <- c.Stats() }()
-		var s Stats
-		select {
-		case s = <-got:
-		case <-time.After(5 * time.Second):
+		s, ok := statsWithin(c, 5*time.Second)
+		if !ok {
 			close(g.gate)
 			akMustClose(t, c)
 			t.Fatal("Stats did not return within 5s while the first Decode waited: the background counts never came")
@@ -151,5 +138,18 @@ func TestCapHoldsWhileFirstDecodeWaits(t *testing.T) {
 	akMustClose(t, c)
 	if on > limit+(4<<10) {
 		t.Errorf("spool files %d bytes, cap %d (+ one batch): the cap did not hold while the first Decode waited", on, limit)
+	}
+}
+
+// statsWithin calls c.Stats, which waits once for the backlog's counts, and gives up after
+// d (false); the call then returns at Close.
+func statsWithin[T any](c *Chan[T], d time.Duration) (Stats, bool) {
+	got := make(chan Stats, 1)
+	go func() { got <- c.Stats() }()
+	select {
+	case s := <-got:
+		return s, true
+	case <-time.After(d):
+		return Stats{}, false
 	}
 }
