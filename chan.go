@@ -91,7 +91,7 @@ type Chan[T any] struct {
 // request is a Store or Sync call, for the loop.
 type request[T any] struct {
 	store bool
-	v     T
+	enc   []byte // a Store's message, encoded by the caller (the disk goroutine never runs the codec for it)
 	reply chan error
 }
 
@@ -317,9 +317,10 @@ func (c *Chan[T]) Close() error {
 	return c.closeErr
 }
 
-// Stats returns a consistent snapshot of the Chan's counters. It takes one mutex and
-// never waits for the Chan's goroutines, except once, right after New with a large
-// backlog, for the backlog's segments to be counted.
+// Stats returns a consistent snapshot of the Chan's counters. It asks the loop goroutine to
+// bring them up to date (a round trip that never waits for the disk, the codec or the
+// consumer) and, once, right after New with a large backlog, waits for the backlog's
+// segments to be counted (their meta files read).
 func (c *Chan[T]) Stats() Stats {
 	select {
 	case <-c.counted:
@@ -348,7 +349,13 @@ func (c *Chan[T]) Stats() Stats {
 // frees space, so a consumer giving a message back must not wait for it. On a full disk it
 // fails with an error wrapping ErrFull. v counts in Stats.Received.
 func (c *Chan[T]) Store(v T) error {
-	return c.call(context.Background(), request[T]{store: true, v: v, reply: make(chan error, 1)})
+	// Encoded here, not in the disk goroutine: a codec that waits (for a lock its caller
+	// holds while it calls Stats, say) must not hold up what Stats waits for.
+	enc, err := c.codec.Encode(nil, v)
+	if err != nil {
+		return fmt.Errorf("pelichan: store: pelichan: message refused: %w: encode: %w", ErrCodec, err)
+	}
+	return c.call(context.Background(), request[T]{store: true, enc: enc, reply: make(chan error, 1)})
 }
 
 // Sync returns once every message received from src before the call that is not yet done

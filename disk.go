@@ -404,7 +404,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 		c.handFirst(d)
 		c.dispatch(d)
 		// The first record is read (or there is none): the background counting may begin.
-		// Not later: Stats and the disk cap wait for the counts.
+		// Not later: Stats waits for the counts, and so does a write under the disk cap.
 		sp.StartCounting()
 		c.advance(d)
 		c.serveSyncs(d)
@@ -642,8 +642,8 @@ func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
 	}
 	w := d.w
 	c.startRecord(w, false)
-	if err := c.encodeInto(w, r.v, func() {}); err != nil {
-		fail(err)
+	if _, err := w.Add(func(dst []byte) ([]byte, error) { return append(dst, r.enc...), nil }); err != nil {
+		fail(fmt.Errorf("pelichan: message refused: %w", err))
 		return
 	}
 	pos, err := c.appendAt(d, w.Record(), true)
@@ -1177,7 +1177,13 @@ func (c *Chan[T]) appendAt(d *diskState[T], rec []byte, lift bool) (spool.Cursor
 		var pos spool.Cursor
 		// At Close the cap is lifted: what was in memory is stored rather than lost.
 		if c.opts.maxDisk > 0 && !lift {
-			if used := d.sp.Peek().DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {
+			st := d.sp.Peek()
+			if st.Counting > 0 {
+				// Segments Open left to the background are not in DiskBytes yet: wait for
+				// their meta files to be read rather than pass the cap.
+				st = d.sp.Stats()
+			}
+			if used := st.DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {
 				err = fmt.Errorf("%w: %d bytes on disk, the cap (WithMaxDiskBytes) is %d", ErrFull, used, c.opts.maxDisk)
 			}
 		}

@@ -85,6 +85,47 @@ func TestStatsAfterOpenDoesNotWaitForDecode(t *testing.T) {
 	akMustClose(t, c)
 }
 
+// lockedEncoder is String with an Encode that takes a lock.
+type lockedEncoder struct{ mu *sync.Mutex }
+
+func (l lockedEncoder) Encode(dst []byte, v string) ([]byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return String.Encode(dst, v)
+}
+func (l lockedEncoder) Decode(b []byte) (string, error) { return String.Decode(b) }
+
+// Nor does Stats wait for the codec's Encode of a Store right after New (found in review:
+// the disk goroutine encoded Store's message itself, before it took the background
+// counts).
+func TestStatsAfterOpenDoesNotWaitForStoreEncode(t *testing.T) {
+	dir := t.TempDir()
+	opts := []Option{WithSegmentSize(1 << 10), WithBatchBytes(256), WithBuffer(0)}
+	dmStore(t, dir, opts, "f", 3000) // many segments: the counting takes a few ms
+	var mu sync.Mutex
+	c, err := New(dir, make(chan string), Codec[string](lockedEncoder{&mu}), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	stored := make(chan error, 1)
+	go func() { stored <- c.Store("given back") }()
+	time.Sleep(50 * time.Millisecond) // the Store on its way
+	if _, ok := statsWithin(c, 10*time.Second); !ok {
+		t.Error("Stats did not return within 10s while a Store's Encode waited for a lock")
+	}
+	mu.Unlock()
+	select {
+	case err := <-stored:
+		if err != nil {
+			t.Errorf("Store: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("Store did not return within 10s of the lock's release")
+	}
+	akMustClose(t, c)
+}
+
 // gateCodec is String with a Decode that waits for gate (a slow schema registry).
 type gateCodec struct{ gate chan struct{} }
 
