@@ -349,6 +349,13 @@ func (c *Chan[T]) Stats() Stats {
 // frees space, so a consumer giving a message back must not wait for it. On a full disk it
 // fails with an error wrapping ErrFull. v counts in Stats.Received.
 func (c *Chan[T]) Store(v T) error {
+	select {
+	case <-c.closing:
+		return ErrClosed // whatever the codec would say
+	case <-c.done:
+		return ErrClosed
+	default:
+	}
 	// Encoded here, not in the disk goroutine: a codec that waits (for a lock its caller
 	// holds while it calls Stats, say) must not hold up what Stats waits for.
 	enc, err := c.codec.Encode(nil, v)

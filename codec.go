@@ -2,7 +2,9 @@ package pelichan
 
 import "encoding/json"
 
-// Codec turns messages into bytes for the spool and back.
+// Codec turns messages into bytes for the spool and back. Its methods are called from
+// several goroutines at once (the compressors, the decoders, Store's callers): they must
+// be safe for concurrent use.
 type Codec[T any] interface {
 	// Encode appends v's encoding to dst and returns the extended slice.
 	Encode(dst []byte, v T) ([]byte, error)

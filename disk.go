@@ -1180,7 +1180,9 @@ func (c *Chan[T]) appendAt(d *diskState[T], rec []byte, lift bool) (spool.Cursor
 			st := d.sp.Peek()
 			if st.Counting > 0 {
 				// Segments Open left to the background are not in DiskBytes yet: wait for
-				// their meta files to be read rather than pass the cap.
+				// their meta files to be read rather than pass the cap (once, right after
+				// New; about 120 ms for 2,700 segments with a warm cache, during which the
+				// disk goroutine does nothing else).
 				st = d.sp.Stats()
 			}
 			if used := st.DiskBytes; used > 0 && used+int64(len(rec))+binary.MaxVarintLen64 > c.opts.maxDisk {

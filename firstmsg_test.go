@@ -1,6 +1,7 @@
 package pelichan
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -192,5 +193,35 @@ func statsWithin[T any](c *Chan[T], d time.Duration) (Stats, bool) {
 		return s, true
 	case <-time.After(d):
 		return Stats{}, false
+	}
+}
+
+// failEncoder is String with an Encode that always fails.
+type failEncoder struct{}
+
+func (failEncoder) Encode([]byte, string) ([]byte, error) { return nil, errors.New("no encoding") }
+func (failEncoder) Decode(b []byte) (string, error)       { return String.Decode(b) }
+
+// Store encodes in the caller's goroutine, but after Close it still says ErrClosed (as
+// DESIGN.md promises), not what the codec would say; before Close a codec error is
+// ErrCodec.
+func TestStoreErrorsWithCallerSideEncode(t *testing.T) {
+	c, err := New(t.TempDir(), make(chan string), Codec[string](failEncoder{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Store("x"); !errors.Is(err, ErrCodec) {
+		t.Errorf("Store with a failing Encode: %v, want ErrCodec", err)
+	}
+	s, ok := statsWithin(c, 10*time.Second)
+	if !ok {
+		t.Fatal("Stats did not return within 10s")
+	}
+	if s.Received != 0 || s.Dropped != 0 || s.InMemory != 0 {
+		t.Errorf("a refused Store counted: %+v", s)
+	}
+	akMustClose(t, c)
+	if err := c.Store("x"); !errors.Is(err, ErrClosed) {
+		t.Errorf("Store after Close: %v, want ErrClosed", err)
 	}
 }
