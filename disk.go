@@ -733,6 +733,12 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 		d.shadowQ = append(d.shadowQ, b)
 	}
 	if b.no > 0 {
+		if len(d.readyQ) > 0 || len(d.waiting) > 0 {
+			// Messages kept in memory for the loop (write-ahead): the loop must not see
+			// the disk idle between this batch leaving the flight count and the next
+			// round's backlog flag, or it closes Out with them undelivered.
+			c.backlog.Store(true)
+		}
 		c.inflight.Add(-1)
 		d.beyond[b.no] = true
 		for d.beyond[d.through+1] {
