@@ -206,7 +206,7 @@ func TestRegressionWriteAheadMemLeak(t *testing.T) {
 	}
 	s := c.Stats()
 	if got.Load() != n || s.Dropped != n {
-		t.Errorf("received %d of %d, dropped %d of %d refused", got.Load(), n, s.Dropped, n)
+		t.Errorf("received %d of %d, dropped %d of %d refused; stats %+v", got.Load(), n, s.Dropped, n, s)
 	}
 	if s.BytesRead != 0 {
 		t.Errorf("write-ahead with a consumer at most 100 behind read %d bytes back from disk: the memory budget leaked", s.BytesRead)
