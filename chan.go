@@ -360,7 +360,7 @@ func (c *Chan[T]) Store(v T) error {
 	// holds while it calls Stats, say) must not hold up what Stats waits for.
 	enc, err := c.codec.Encode(nil, v)
 	if err != nil {
-		return fmt.Errorf("pelichan: store: pelichan: message refused: %w: encode: %w", ErrCodec, err)
+		return fmt.Errorf("pelichan: store: %w", encodeRefused(err))
 	}
 	return c.call(context.Background(), request[T]{store: true, enc: enc, reply: make(chan error, 1)})
 }

@@ -243,9 +243,14 @@ func (c *Chan[T]) encodeInto(w *segment.Writer, v T, flush func()) error {
 		return nil
 	}
 	if !errors.Is(err, segment.ErrTooLarge) {
-		err = fmt.Errorf("%w: encode: %w", ErrCodec, err)
+		return encodeRefused(err)
 	}
 	return fmt.Errorf("pelichan: message refused: %w", err)
+}
+
+// encodeRefused is the error for a message the codec could not encode.
+func encodeRefused(err error) error {
+	return fmt.Errorf("pelichan: message refused: %w: encode: %w", ErrCodec, err)
 }
 
 // refused counts and reports message i of b, which could not be encoded. A delivery being

@@ -43,11 +43,7 @@ func TestCountingWaitsForStartCounting(t *testing.T) {
 		}
 		s.StartCounting()
 		s.StartCounting() // again: no effect
-		select {
-		case <-s.Counted():
-		case <-time.After(10 * time.Second):
-			t.Fatal("Counted not closed 10s after StartCounting")
-		}
+		within(t, "waiting for Counted after StartCounting", func() { <-s.Counted() })
 		if st := s.Peek(); st.Counting != 0 || st.Undelivered != want {
 			t.Fatalf("after the counting: Counting %d, Undelivered %d; want 0, %d", st.Counting, st.Undelivered, want)
 		}
@@ -75,15 +71,10 @@ func TestCountingWaitsForStartCounting(t *testing.T) {
 		if s.Peek().Counting == 0 {
 			t.Fatal("nothing left to the background")
 		}
-		done := make(chan error, 1)
-		go func() { done <- s.Close() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("Close: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Close without StartCounting did not return within 10s")
+		var err error
+		within(t, "Close without StartCounting", func() { err = s.Close() })
+		if err != nil {
+			t.Fatalf("Close: %v", err)
 		}
 	})
 
@@ -95,11 +86,7 @@ func TestCountingWaitsForStartCounting(t *testing.T) {
 		if s.countDone == nil { // (Counting may be 0 already: the counting began at Open)
 			t.Fatal("nothing left to the background")
 		}
-		select {
-		case <-s.Counted():
-		case <-time.After(10 * time.Second):
-			t.Fatal("Counted not closed within 10s without DeferCounting")
-		}
+		within(t, "waiting for Counted without DeferCounting", func() { <-s.Counted() })
 		if st := s.Peek(); st.Counting != 0 || st.Undelivered != want {
 			t.Fatalf("after the counting: Counting %d, Undelivered %d; want 0, %d", st.Counting, st.Undelivered, want)
 		}

@@ -212,7 +212,8 @@ func (s *Spool) countInBackground() {
 
 // StartCounting lets the background counting of the segments Open left uncounted begin
 // (see Counted), with DeferCounting: the owner calls it once the first record is read.
-// Stats and Close call it too. It may be called any number of times.
+// Stats and Close call it too. Only the spool's owner may call it (as every method but
+// Counted's channel), any number of times.
 func (s *Spool) StartCounting() {
 	if s.countGo != nil {
 		close(s.countGo)
