@@ -413,7 +413,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 		sp.StartCounting()
 		c.advance(d)
 		c.serveSyncs(d)
-		idle := !d.lag && len(d.readyQ) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
+		idle := d.idle()
 		c.backlog.Store(!idle || countedC != nil && sp.Peek().Counting > 0)
 		if d.srcDone && idle {
 			select {
@@ -610,8 +610,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 				// count as redelivered.
 				d.tr.register(key, e.n, recCRC(e.rec))
 			} else {
-				d.lag = true
-				c.backlog.Store(true) // before the batch stops counting in flight
+				d.lag = true // the backlog flag follows before the batch leaves the flight count (leaveFlight)
 			}
 			if c.opts.sync.always {
 				c.sync(d)
@@ -632,12 +631,30 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 	return nil
 }
 
+// idle reports whether the disk goroutine holds nothing for the loop: no records unread,
+// none being decoded, no messages waiting to be handed out, no record waiting for a retry.
+func (d *diskState[T]) idle() bool {
+	return !d.lag && len(d.readyQ) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
+}
+
+// leaveFlight takes a batch or a Store message, now through the disk goroutine, off the
+// flight count. Whatever it left for the loop (records to read back, messages kept in
+// memory) shows in the backlog flag first: the loop reads the count before the flag
+// (diskIdle), and a count of zero with the flag clear lets it close Out. The flag is
+// otherwise set at the top of the disk goroutine's next round, too late.
+func (c *Chan[T]) leaveFlight(d *diskState[T]) {
+	if !d.idle() {
+		c.backlog.Store(true)
+	}
+	c.inflight.Add(-1)
+}
+
 // storeOne writes a message given to Store, past the disk cap (a consumer giving a message
 // back must not wait for space only it frees). If it could not be written it is not
 // counted: the caller still has it. Written but not fsynced (SyncAlways) it counts as
 // stored, and the error says so: storing it again would deliver it twice.
 func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
-	defer c.inflight.Add(-1) // after backlog is set: the loop's finished must not miss it
+	defer c.leaveFlight(d)
 	fail := func(err error) {
 		c.st.update(func(s *Stats) { s.Received--; s.InMemory-- })
 		r.reply <- fmt.Errorf("pelichan: store: %w", err)
@@ -660,7 +677,6 @@ func (c *Chan[T]) storeOne(d *diskState[T], r request[T]) {
 	d.dirty = true
 	d.dirtyAt = time.Now().UnixNano()
 	d.lag = true
-	c.backlog.Store(true)
 	var syncErr error
 	if c.opts.sync.always {
 		syncErr = c.syncErr(d, false)
@@ -738,13 +754,7 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 		d.shadowQ = append(d.shadowQ, b)
 	}
 	if b.no > 0 {
-		if len(d.readyQ) > 0 || len(d.waiting) > 0 {
-			// Messages kept in memory for the loop (write-ahead): the loop must not see
-			// the disk idle between this batch leaving the flight count and the next
-			// round's backlog flag, or it closes Out with them undelivered.
-			c.backlog.Store(true)
-		}
-		c.inflight.Add(-1)
+		c.leaveFlight(d)
 		d.beyond[b.no] = true
 		for d.beyond[d.through+1] {
 			delete(d.beyond, d.through+1)
