@@ -102,10 +102,12 @@ type batch[T any] struct {
 	msgs   []T
 	seqs   []uint64    // bShadow: the deliveries they are
 	reply  chan error  // bSynced: the Sync's answer
+	upTo   uint64      // bSynced: the last delivery the Sync covers (those handed out before it)
 	pooled bool        // msgs came from freeCh
 	front  bool        // at Close in ordered mode: in front of the backlog
 	ids    []MsgID     // filled by the disk goroutine: where each message went (zero: refused or lost)
 	refuse []bool      // filled by the compressor: messages refused
+	refErr error       // the first refusal's error
 	err    error       // why the batch could not be stored
 	recs   []storedRec // records written, in order
 	mem    *refill[T]  // bAhead: the refill item it is handed out from, if it fits in memory
@@ -149,7 +151,7 @@ type ctl[T any] struct {
 
 type syncReq struct {
 	after uint64 // every batch up to this number must be stored first
-	stuck int    // deliveries only in memory that cannot be written (the codec refuses them)
+	upTo  uint64 // the last delivery handed out before the call: those after it are not its
 	reply chan error
 }
 
@@ -308,7 +310,8 @@ func (c *Chan[T]) Deliveries() <-chan Delivery[T] {
 // in Out or Deliveries, deliveries not yet acknowledged), makes it durable per the sync
 // policy, closes Out and Deliveries and releases the directory. It always returns: at the
 // disk cap (which Close may exceed) and on a full disk (where what cannot be written is
-// reported in the error). It returns the first error met while storing. Close is
+// reported in the error). It returns the errors met while storing, messages the codec
+// refuses (counted as dropped) included. Close is
 // idempotent and safe to call from any goroutine, the error handler included.
 func (c *Chan[T]) Close() error {
 	c.closeOnce.Do(func() { close(c.closing) })
@@ -1016,7 +1019,21 @@ func (l *loopState[T]) shadow() {
 func (l *loopState[T]) shadowed(b *batch[T]) {
 	if b.kind == bSynced {
 		l.publish() // what Sync wrote counts as stored before Sync returns
-		b.reply <- b.err
+		err := b.err
+		if err == nil {
+			// Counted now, not at the call: the Sync's own writes (the shadow batch it
+			// sent, back before this answer) may have found more the codec refuses.
+			stuck := 0
+			for s := l.tab.floor + 1; s <= min(b.upTo, l.tab.sent); s++ {
+				if f := l.tab.at(s); f.st == fMem && f.stuck {
+					stuck++
+				}
+			}
+			if stuck > 0 {
+				err = fmt.Errorf("pelichan: sync: %d messages waiting for the consumer cannot be written: %w", stuck, ErrCodec)
+			}
+		}
+		b.reply <- err
 		return
 	}
 	for i, seq := range b.seqs {
@@ -1098,13 +1115,7 @@ func (l *loopState[T]) request(r request[T]) {
 	}
 	l.flush()
 	l.shadow()
-	stuck := 0
-	for s := l.tab.floor + 1; s <= l.tab.sent; s++ {
-		if f := l.tab.at(s); f.st == fMem && f.stuck {
-			stuck++
-		}
-	}
-	l.syncs = append(l.syncs, &syncReq{after: l.batchNo, stuck: stuck, reply: r.reply})
+	l.syncs = append(l.syncs, &syncReq{after: l.batchNo, upTo: l.tab.sent, reply: r.reply})
 }
 
 // batchCount is how many messages make a batch of about batchBytes.

@@ -3,6 +3,7 @@ package pelichan
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1381,7 +1382,8 @@ func TestEncodeErrors(t *testing.T) {
 }
 
 // Messages taken back from Out at Close are encoded then; those the codec refuses are
-// counted as Dropped (not also as Spilled) and reported wrapping ErrCodec, in both modes.
+// counted as Dropped (not also as Spilled), reported wrapping ErrCodec, and Close's error
+// says so, in both modes.
 func TestEncodeErrorsAtClose(t *testing.T) {
 	for _, ordered := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ordered=%v", ordered), func(t *testing.T) {
@@ -1405,7 +1407,11 @@ func TestEncodeErrorsAtClose(t *testing.T) {
 					src <- good[len(good)-1]
 				}
 			}
-			mustClose(t, c)
+			// Close says what it dropped.
+			if err := akClose(t, c); !errors.Is(err, ErrCodec) || !errors.Is(err, errEncodeBoom) ||
+				!strings.Contains(err.Error(), "4 messages") {
+				t.Errorf("Close: %v, want an error for the 4 messages, wrapping ErrCodec and the codec's error", err)
+			}
 			s := c.Stats()
 			if s.Dropped != 4 || s.Spilled != 4 || s.OnDisk != 4 {
 				t.Errorf("want Dropped 4, Spilled 4, OnDisk 4; got %+v", s)
@@ -1426,6 +1432,34 @@ func TestEncodeErrorsAtClose(t *testing.T) {
 			checkSame(t, "stored at Close", good, got)
 		})
 	}
+}
+
+// A Sync whose own write finds a delivery the codec refuses says so (ErrCodec), not only
+// the next Sync: the message is neither written nor done (found by a contract audit: the
+// count was taken before the write).
+func TestSyncReportsRefusalItsWriteFound(t *testing.T) {
+	dir := t.TempDir()
+	src := make(chan string)
+	c, err := New(dir, src, faultyCodec{}, WithBuffer(8), WithErrorHandler(func(error) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"ok0", "E1", "ok2"} { // all wait in Out: nothing written yet
+		akSend(t, src, m, 5*time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Sync(ctx); !errors.Is(err, ErrCodec) || !strings.Contains(err.Error(), "1 messages") {
+		t.Errorf("first Sync: %v, want an error for 1 message wrapping ErrCodec", err)
+	}
+	if s, ok := statsWithin(c, 5*time.Second); !ok {
+		t.Fatal("Stats did not return within 5 s")
+	} else if s.InMemory != 1 || s.OnDisk != 2 {
+		t.Errorf("after Sync: InMemory %d OnDisk %d, want 1 and 2", s.InMemory, s.OnDisk)
+	}
+	got := recvN(c.Out(), 3, 5*time.Second)
+	checkSame(t, "received", []string{"ok0", "E1", "ok2"}, got)
+	akMustClose(t, c)
 }
 
 // Messages the codec cannot decode are reported with their bytes and counted; the others

@@ -260,6 +260,9 @@ func (c *Chan[T]) refused(b *batch[T], i int, err error) {
 		b.refuse = make([]bool, len(b.msgs))
 	}
 	b.refuse[i] = true
+	if b.refErr == nil {
+		b.refErr = err
+	}
 	if b.kind != bShadow {
 		c.st.update(func(s *Stats) { s.InMemory--; s.Dropped++ })
 	}
@@ -606,9 +609,14 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			b.recs = append(b.recs, storedRec{key: key, n: e.n})
 			if b.mem != nil || b.kind == bShadow || b.kind == bClose {
 				// Handed out from memory (or, at Close, taken back from Out or not
-				// acknowledged): the reader passes over it; after a restart its messages
-				// count as redelivered.
-				d.tr.register(key, e.n, recCRC(e.rec))
+				// acknowledged): the reader passes over it. After a restart its messages
+				// not done count as redelivered, those written ahead only once handed out
+				// (returned, or the loop's sent mark).
+				sent := e.n
+				if b.kind == bAhead {
+					sent = 0
+				}
+				d.tr.register(key, e.n, recCRC(e.rec), sent)
 			} else {
 				d.lag = true // the backlog flag follows before the batch leaves the flight count (leaveFlight)
 			}
@@ -771,6 +779,12 @@ const waMemory = 1 << 13
 func (c *Chan[T]) returned(d *diskState[T], b *refill[T]) {
 	if b.wa {
 		d.memMsgs -= len(b.msgs)
+		// Every message of it went out: the last of each of its records marks it.
+		for i, id := range b.ids {
+			if i+1 == len(b.ids) || b.ids[i+1].key() != id.key() {
+				d.tr.sentUpTo(id)
+			}
+		}
 		return
 	}
 	if b.rec != nil {
@@ -787,10 +801,7 @@ func (c *Chan[T]) serveSyncs(d *diskState[T]) {
 		// The answer goes through the loop, behind the IDs of what Sync wrote, so that
 		// Stats count those messages as stored by the time Sync returns.
 		err := c.syncErr(d, true)
-		if n := d.syncs[0].stuck; err == nil && n > 0 {
-			err = fmt.Errorf("pelichan: sync: %d messages waiting for the consumer cannot be written: %w", n, ErrCodec)
-		}
-		d.shadowQ = append(d.shadowQ, &batch[T]{kind: bSynced, reply: d.syncs[0].reply, err: err})
+		d.shadowQ = append(d.shadowQ, &batch[T]{kind: bSynced, reply: d.syncs[0].reply, err: err, upTo: d.syncs[0].upTo})
 		d.syncs = d.syncs[1:]
 	}
 }
@@ -1082,6 +1093,15 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	for _, id := range req.done {
 		d.tr.done(id)
 	}
+	// Items the loop handed out whole before it stopped: what went out of them counts.
+	for drained := false; !drained; {
+		select {
+		case b := <-c.returnCh:
+			c.returned(d, b)
+		default:
+			drained = true
+		}
+	}
 	d.tr.sentUpTo(req.sentUpTo)
 	failed := false // once a write failed for good, later ones get one try each
 	put := func(e encoded[T]) {
@@ -1118,6 +1138,9 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 			continue
 		}
 		c.encodeBatch(w, b, false, put) // on the disk goroutine itself
+		if b.refErr != nil {
+			errs = append(errs, closeRefused(count(b.refuse), b.refErr))
+		}
 	}
 	// Deliveries written while they waited: their copies are done if they are.
 	for _, b := range d.shadowQ {
@@ -1137,8 +1160,11 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	}
 	d.sp.SetExtra(d.tr.encode())
 	for _, b := range front {
-		if err := c.storeFront(d, w, b.msgs); err != nil {
+		refused, err := c.storeFront(d, w, b.msgs)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", len(b.msgs), err))
+		} else if refused != nil {
+			errs = append(errs, refused)
 		}
 	}
 	if err := d.sp.Close(); err != nil {
@@ -1254,9 +1280,26 @@ func (c *Chan[T]) expire(d *diskState[T]) {
 	c.st.disk(c.peek(d), nil)
 }
 
+// closeRefused is Close's error for n messages it could not store because the codec (or
+// the size limit) refused them: they are dropped.
+func closeRefused(n int, first error) error {
+	return fmt.Errorf("pelichan: close: %d messages could not be encoded and are dropped: %w", n, first)
+}
+
+// count returns how many of bs are true.
+func count(bs []bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
+}
+
 // storeFront encodes the messages taken back from Out (ordered mode) and puts them in front
-// of the backlog.
-func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) error {
+// of the backlog. refused, if not nil, says which the codec refused (dropped).
+func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) (refused, err error) {
 	c.startRecord(w, false)
 	var recs [][]byte
 	stored := 0
@@ -1265,10 +1308,14 @@ func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) error
 		recs = append(recs, append([]byte(nil), w.Record()...))
 		w.Reset()
 	}
-	refused := 0
+	nRefused := 0
+	var first error
 	for _, v := range msgs {
 		if err := c.encodeInto(w, v, flush); err != nil {
-			refused++
+			if nRefused == 0 {
+				first = err
+			}
+			nRefused++
 			c.rep.report(err)
 		}
 	}
@@ -1278,13 +1325,16 @@ func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) error
 	}
 	if err := d.sp.Front(recs); err != nil {
 		c.st.update(func(s *Stats) { s.InMemory -= int64(len(msgs)); s.Dropped += int64(len(msgs)) })
-		return err
+		return nil, err
 	}
 	c.st.disk(c.peek(d), func(s *Stats) {
 		s.Spilled += int64(stored)
 		s.InMemory -= int64(len(msgs))
 		s.OnDisk += int64(stored)
-		s.Dropped += int64(refused)
+		s.Dropped += int64(nRefused)
 	})
-	return nil
+	if nRefused > 0 {
+		return closeRefused(nRefused, first), nil
+	}
+	return nil, nil
 }

@@ -282,9 +282,10 @@ func (t *tracker) aheadIn(seg uint64) int64 {
 }
 
 // register records a record written by this Chan whose messages are handed out from
-// memory (write-ahead, or written while they waited for the consumer).
-func (t *tracker) register(key recKey, count int, crc uint32) *recState {
-	r := &recState{key: key, count: count, crc: crc, sent: count}
+// memory (write-ahead, or written while they waited for the consumer), of which the first
+// sent are handed out already.
+func (t *tracker) register(key recKey, count int, crc uint32, sent int) *recState {
+	r := &recState{key: key, count: count, crc: crc, sent: sent}
 	t.ahead[key] = r
 	t.changed = true
 	return r

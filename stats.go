@@ -31,8 +31,8 @@ type Stats struct {
 	Dropped  int64 // refused or dropped: encode errors, too large, undecodable, full-disk and age policies
 	Corrupt  int64 // damaged records or stretches skipped on disk (records, not messages)
 
-	Unacked     int64 // with WithAcks: delivered and not yet acknowledged
-	Redelivered int64 // delivered again: handed out by an earlier Chan on the directory and not done then
+	Unacked     int64 // with WithAcks: handed out (put into Deliveries, whose buffer counts too) and not yet acknowledged
+	Redelivered int64 // delivered again: handed out by an earlier Chan on the directory and not done then (after a crash, as of its last checkpoint)
 
 	Segments         int           // segment directories in the spool
 	DiskBytes        int64         // bytes of segment files
