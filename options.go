@@ -287,7 +287,9 @@ func WithMaxMessageBytes(n int) Option {
 
 // WithMaxAge drops whole stored segments whose newest message is older than d (checked
 // every second), counting them in Stats.Dropped: for those who would rather lose week-old
-// logs than today's. 0 (the default) keeps everything.
+// logs than today's. 0 (the default) keeps everything. The segment being written and the
+// one being read are kept whatever their age (a spool of one segment is never dropped):
+// their messages may be on their way to the consumer.
 func WithMaxAge(d time.Duration) Option {
 	return func(o *options) {
 		if d < 0 {
