@@ -491,6 +491,19 @@ func lookAt(dir string) (*look, error) {
 		}
 	}
 
+	// As Open does, the newest segment is left out if it never held a record: the next
+	// segment made ahead (see spare), or a creation cut short.
+	if n := len(l.segs); n > 0 {
+		name := segName(l.segs[n-1])
+		if sub, err := readDirNames(filepath.Join(dir, name)); err == nil && neverWritten(filepath.Join(dir, name), sub) {
+			l.segs = l.segs[:n-1]
+			if l.lock.Held {
+				l.notes = append(l.notes, fmt.Sprintf("segment %s is empty: the next segment, made ahead", name))
+			} else {
+				l.notes = append(l.notes, fmt.Sprintf("segment %s never held a record (made ahead, or its creation cut short): Open removes it", name))
+			}
+		}
+	}
 	l.metas = make(map[uint64]metaFile, len(l.segs))
 	for _, seq := range l.segs {
 		b, err := readHead(filepath.Join(dir, segName(seq), metaName), metaSize+1)

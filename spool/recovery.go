@@ -45,13 +45,22 @@ func (s *Spool) load() error {
 	// A segment whose creation was cut short (the directory is made before its
 	// file) never held a record. Only the last segment created can be one, numbered above
 	// (or, a front segment, below) all others, and Open removes it before creating any:
-	// only the first and the last need looking at, whatever the backlog.
+	// only the first and the last need looking at, whatever the backlog. The last may also
+	// be a spare made ahead (see spare), an empty WAL file alone: removed too, so that the
+	// segment written at the crash is the newest, whose torn tail is cut back.
 	for _, i := range []int{len(s.segs) - 1, 0} {
 		if i < 0 || i >= len(s.segs) {
 			continue
 		}
 		name := s.segs[i].name()
-		if sub, err := readDirNames(s.path(name)); err == nil && len(sub) == 0 {
+		sub, err := readDirNames(s.path(name))
+		if err == nil && i == len(s.segs)-1 && neverWritten(s.path(name), sub) {
+			if err := os.Remove(s.path(name, walFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("spool: remove leftover: %w", err)
+			}
+			sub = nil
+		}
+		if err == nil && len(sub) == 0 {
 			if err := os.Remove(s.path(name)); err != nil {
 				return fmt.Errorf("spool: remove leftover: %w", err)
 			}
@@ -348,6 +357,19 @@ func isSegName(name string) bool {
 		}
 	}
 	return true
+}
+
+// neverWritten reports whether the segment directory dir, holding the files names, never
+// held a record: no file (its creation was cut short) or an empty WAL file alone (a spare).
+func neverWritten(dir string, names []string) bool {
+	if len(names) == 0 {
+		return true
+	}
+	if len(names) != 1 || names[0] != walFile {
+		return false
+	}
+	fi, err := os.Stat(filepath.Join(dir, walFile))
+	return err == nil && fi.Size() == 0
 }
 
 func readDirNames(dir string) ([]string, error) {

@@ -45,6 +45,23 @@ func createSegFile(dir string) (*segFile, error) {
 	return &segFile{f: f}, nil
 }
 
+// openSegFile opens the empty WAL file of a segment made ahead (a spare).
+func openSegFile(dir string) (*segFile, error) {
+	f, err := os.OpenFile(filepath.Join(dir, walFile), os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Size() != 0 {
+		err = fmt.Errorf("%s: %d bytes, want an empty file", f.Name(), fi.Size())
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &segFile{f: f}, nil
+}
+
 // append writes rec, framed, at the end of the file with one write. On an error the file
 // may hold part of the frame: the caller cuts it back (see Spool.abandon).
 func (w *segFile) append(rec []byte) error {

@@ -208,6 +208,7 @@ type Spool struct {
 	saved    savedCursor
 
 	sealing []*seg    // segments whose background seal Sync must wait for
+	spare   *spare    // the next segment, made ahead in the background
 	missing []Missing // for TakeMissing
 	// lastScan is what Open's loadSeg last found reading a segment file (one without
 	// meta), so that deliveredBefore does not read it again.
@@ -217,7 +218,7 @@ type Spool struct {
 	st     Stats
 	closed bool
 
-	bg        sync.WaitGroup        // background seals and counting
+	bg        sync.WaitGroup        // background seals, counting and spares
 	counted   chan lazyMeta         // background counts for pump
 	countDone chan struct{}         // closed when the background counting has sent everything
 	countGo   chan struct{}         // closed to let the background counting begin (StartCounting)
@@ -346,6 +347,9 @@ func (s *Spool) Close() error {
 		}
 	}
 	s.StartCounting() // the counting goroutine must end
+	if p := s.takeSpare(); p != nil && p.err == nil {
+		s.removeSeg(segName(p.seq)) // never held a record
+	}
 	s.bg.Wait()
 	errs = append(errs, s.syncFailed(), s.collect(), s.Checkpoint())
 	s.closed = true

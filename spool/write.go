@@ -90,7 +90,8 @@ func (s *Spool) walOptions() *wal.Options {
 	}
 }
 
-func (s *Spool) startSegment() error {
+// nextSeq returns the number of the next segment.
+func (s *Spool) nextSeq() uint64 {
 	seq := uint64(firstSeq)
 	if n := len(s.segs); n > 0 {
 		seq = s.segs[n-1].seq + 1
@@ -107,28 +108,27 @@ func (s *Spool) startSegment() error {
 			seq = sg.meta.replaces + 1
 		}
 	}
-	sg := &seg{seq: seq, endKnown: true, written: true}
-	l, err := createSegFile(s.path(sg.name()))
-	if err != nil {
-		if !errors.Is(err, fs.ErrExist) { // never remove what this Spool did not make
-			s.removeSeg(sg.name())
+	return seq
+}
+
+func (s *Spool) startSegment() error {
+	sg := &seg{seq: s.nextSeq(), endKnown: true, written: true}
+	var l *segFile
+	if p := s.takeSpare(); p != nil && p.err == nil {
+		if p.seq == sg.seq {
+			l, _ = openSegFile(s.path(sg.name())) // failing that, made again below
 		}
-		return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
+		if l == nil {
+			s.removeSeg(segName(p.seq)) // never held a record
+		}
 	}
-	if !s.opts.NoSync {
-		// The WAL file's name in the segment directory, and the segment directory's name
-		// in the spool directory: both durable before any record in it counts as stored.
-		err := syncDir(s.path(sg.name()))
-		if err == nil {
-			err = syncDir(s.dir)
-		}
-		if err != nil {
-			l.close()
-			s.removeSeg(sg.name())
+	if l == nil {
+		var err error
+		if l, err = s.makeSegment(sg.name()); err != nil {
 			return fmt.Errorf("spool: create segment %s: %w", sg.name(), err)
 		}
 	}
-	s.useSeq(seq)
+	s.useSeq(sg.seq)
 	s.wlog, s.active = l, sg
 	s.segs = append(s.segs, sg)
 	if s.rseg == nil {
@@ -136,7 +136,77 @@ func (s *Spool) startSegment() error {
 		s.rseg, s.rfrom, s.rskip = sg, 0, 0
 		s.resetStream()
 	}
+	s.prepareSpare()
 	return nil
+}
+
+// makeSegment creates the segment directory name and its empty WAL file. With NoSync false,
+// the WAL file's name in the segment directory and the segment directory's name in the
+// spool directory are fsynced: both durable before any record in it counts as stored. It
+// touches only the file system, so a spare is made with it in the background.
+func (s *Spool) makeSegment(name string) (*segFile, error) {
+	l, err := createSegFile(s.path(name))
+	if err != nil {
+		if !errors.Is(err, fs.ErrExist) { // never remove what this Spool did not make
+			s.removeSeg(name)
+		}
+		return nil, err
+	}
+	if !s.opts.NoSync {
+		err := syncDir(s.path(name))
+		if err == nil {
+			err = syncDir(s.dir)
+		}
+		if err != nil {
+			l.close()
+			s.removeSeg(name)
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// spare is the next segment, made (and its names fsynced) in the background as soon as a
+// segment becomes active, so that the writer does not wait for the two directory fsyncs
+// at every rotation: a journal commit each on ext4, about 2 ms, which held up the whole
+// spill pipeline (Auto spill ran about 15% faster without them). It is used only once
+// made, so a record in it is as durable as in a segment made on the spot. It holds no
+// record: Close removes it, and Open removes one a crash left (an empty WAL file in the
+// newest segment directory).
+type spare struct {
+	seq  uint64
+	err  error // set before done is closed
+	done chan struct{}
+}
+
+// prepareSpare starts making the spare after the active segment. With NoSync, making a
+// segment costs no fsync, and there is no spare.
+func (s *Spool) prepareSpare() {
+	if s.opts.NoSync || s.spare != nil {
+		return
+	}
+	p := &spare{seq: s.nextSeq(), done: make(chan struct{})}
+	s.spare = p
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		defer close(p.done)
+		l, err := s.makeSegment(segName(p.seq))
+		if err == nil {
+			err = l.f.Close() // reopened when used: an idle spool holds no extra descriptor
+		}
+		p.err = err
+	}()
+}
+
+// takeSpare returns the spare, once made, and forgets it; nil if there is none.
+func (s *Spool) takeSpare() *spare {
+	p := s.spare
+	if p != nil {
+		s.spare = nil
+		<-p.done
+	}
+	return p
 }
 
 // Sync makes everything appended so far durable: it fsyncs the segment being written and
