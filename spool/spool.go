@@ -352,6 +352,7 @@ func (s *Spool) Close() error {
 	}
 	s.bg.Wait()
 	errs = append(errs, s.syncFailed(), s.collect(), s.Checkpoint())
+	s.bg.Wait() // what collect retired
 	s.closed = true
 	s.rbuf, s.rents = nil, nil
 	s.resetStream()
