@@ -161,7 +161,7 @@ type finishReq[T any] struct {
 	batches    []*batch[T]
 	stores     []request[T]
 	done       []MsgID
-	sentUpTo   MsgID           // the last message handed out of a record handed out in part
+	sentUpTo   []MsgID         // of the item handed out in part: the last message handed out of each record
 	shadowDone map[uint64]bool // deliveries done while being written: their copies are done too
 	syncs      []*syncReq      // Sync calls not passed on yet: answered with the result
 	reply      chan error
@@ -1161,7 +1161,11 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 	req.syncs = l.syncs
 	req.done, req.stores = l.doneIDs, l.stores
 	if l.cur != nil && l.ci > 0 {
-		req.sentUpTo = l.cur.ids[l.ci-1]
+		for i, id := range l.cur.ids[:l.ci] {
+			if i+1 == l.ci || l.cur.ids[i+1].key() != id.key() {
+				req.sentUpTo = append(req.sentUpTo, id)
+			}
+		}
 	}
 	l.publish()
 	close(c.writeCh)

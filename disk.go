@@ -1102,7 +1102,9 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 			drained = true
 		}
 	}
-	d.tr.sentUpTo(req.sentUpTo)
+	for _, id := range req.sentUpTo {
+		d.tr.sentUpTo(id)
+	}
 	failed := false // once a write failed for good, later ones get one try each
 	put := func(e encoded[T]) {
 		var err error
@@ -1137,8 +1139,8 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 			front = append(front, b)
 			continue
 		}
-		c.encodeBatch(w, b, false, put) // on the disk goroutine itself
-		if b.refErr != nil {
+		c.encodeBatch(w, b, false, put)           // on the disk goroutine itself
+		if b.refErr != nil && b.kind != bShadow { // a shadow's are settled with it (settleShadow)
 			errs = append(errs, closeRefused(count(b.refuse), b.refErr))
 		}
 	}
@@ -1186,7 +1188,7 @@ func (c *Chan[T]) settleShadow(d *diskState[T], b *batch[T], done map[uint64]boo
 	if b.ids == nil {
 		return
 	}
-	var stored, lost int64
+	var stored, lost, refused int64
 	for i, seq := range b.seqs {
 		id := b.ids[i]
 		switch {
@@ -1194,6 +1196,8 @@ func (c *Chan[T]) settleShadow(d *diskState[T], b *batch[T], done map[uint64]boo
 			if !id.IsZero() {
 				d.tr.done(id)
 			}
+		case id.IsZero() && b.refuse != nil && b.refuse[i]:
+			refused++ // the codec refused it (reported when it did)
 		case id.IsZero():
 			lost++
 		default:
@@ -1201,12 +1205,19 @@ func (c *Chan[T]) settleShadow(d *diskState[T], b *batch[T], done map[uint64]boo
 		}
 	}
 	c.st.update(func(s *Stats) {
-		s.InMemory -= stored + lost
+		s.InMemory -= stored + lost + refused
 		s.OnDisk += stored
-		s.Dropped += lost
+		s.Dropped += lost + refused
 	})
 	if lost > 0 {
-		d.closeErr = append(d.closeErr, fmt.Errorf("pelichan: close: %d messages waiting for the consumer could not be stored: %w", lost, b.err))
+		err := fmt.Errorf("pelichan: close: %d messages waiting for the consumer could not be stored", lost)
+		if b.err != nil {
+			err = fmt.Errorf("%w: %w", err, b.err)
+		}
+		d.closeErr = append(d.closeErr, err)
+	}
+	if refused > 0 {
+		d.closeErr = append(d.closeErr, closeRefused(int(refused), b.refErr))
 	}
 }
 

@@ -203,8 +203,9 @@
 // then writes its meta atomically. Creating a segment fsyncs its directory (the WAL
 // file's name) and the spool directory (the segment's name) before a record is appended
 // to it. The next segment is created ahead, in the background, as soon as one becomes
-// the segment being written (a spare: an empty WAL file, removed by Close, and by Open
-// after a crash), so that a rotation does not wait for those fsyncs;
+// the segment being written (a spare: an empty WAL file; Close removes it, and one a
+// crash left stays as an empty segment, Open repairing the tail of the segment before it),
+// so that a rotation does not wait for those fsyncs;
 // deleting a segment and replacing the cursor (temp file, fsync, rename, fsync of the
 // directory) are durable before they are relied on. A failed write closes the
 // segment's file for good, cuts it back to its last whole record and seals it; the next

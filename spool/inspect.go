@@ -222,7 +222,7 @@ func Inspect(dir string) (*Report, error) {
 	r := &Report{Dir: dir, Version: l.version, Lock: l.lock, Cursor: l.cursor,
 		Segments: []SegmentInfo{}, Files: l.files, Notes: l.notes}
 	for i, seq := range l.segs {
-		sr := l.readSeg(seq, i == len(l.segs)-1)
+		sr := l.readSeg(seq, i >= l.tail)
 		r.Notes = append(r.Notes, sr.notes...)
 		if sr.gone {
 			continue
@@ -285,7 +285,7 @@ func Verify(dir string) (*VerifyReport, error) {
 	rd := segment.NewReader()
 	defer rd.Close()
 	for i, seq := range l.segs {
-		sr := l.readSeg(seq, i == len(l.segs)-1)
+		sr := l.readSeg(seq, i >= l.tail)
 		vr.Notes = append(vr.Notes, sr.notes...)
 		if sr.gone {
 			continue
@@ -336,7 +336,7 @@ func Dump(dir string, opts DumpOptions, fn func(m Message) error) error {
 		if !opts.All && l.passed[seq] {
 			continue // consumed, or replaced by a front segment: Open deletes it
 		}
-		sr := l.readSeg(seq, i == len(l.segs)-1)
+		sr := l.readSeg(seq, i >= l.tail)
 		for _, n := range sr.notes {
 			note(n)
 		}
@@ -437,6 +437,7 @@ type look struct {
 	resume map[uint64]Cursor // front segments' resume cursors, as Open reads them
 	files  []FileInfo
 	notes  []string
+	tail   int // the first segment whose tail Open repairs (see tailFrom)
 }
 
 // metaFile is a segment's meta file as read: its bytes, or why it could not be read.
@@ -491,19 +492,20 @@ func lookAt(dir string) (*look, error) {
 		}
 	}
 
-	// As Open does, the newest segment is left out if it never held a record: the next
-	// segment made ahead (see spare), or a creation cut short.
+	// As Open does, the newest segment is left out if its directory is empty (its creation
+	// was cut short, or it is the next segment, being made ahead).
 	if n := len(l.segs); n > 0 {
 		name := segName(l.segs[n-1])
-		if sub, err := readDirNames(filepath.Join(dir, name)); err == nil && neverWritten(filepath.Join(dir, name), sub) {
+		if sub, err := readDirNames(filepath.Join(dir, name)); err == nil && len(sub) == 0 {
 			l.segs = l.segs[:n-1]
 			if l.lock.Held {
-				l.notes = append(l.notes, fmt.Sprintf("segment %s is empty: the next segment, made ahead", name))
+				l.notes = append(l.notes, fmt.Sprintf("segment %s is empty: being made", name))
 			} else {
-				l.notes = append(l.notes, fmt.Sprintf("segment %s never held a record (made ahead, or its creation cut short): Open removes it", name))
+				l.notes = append(l.notes, fmt.Sprintf("segment %s is an empty directory (its creation was cut short): Open removes it", name))
 			}
 		}
 	}
+	l.tail = tailFrom(len(l.segs), func(i int) string { return filepath.Join(dir, segName(l.segs[i])) })
 	l.metas = make(map[uint64]metaFile, len(l.segs))
 	for _, seq := range l.segs {
 		b, err := readHead(filepath.Join(dir, segName(seq), metaName), metaSize+1)
@@ -527,7 +529,10 @@ func lookAt(dir string) (*look, error) {
 // holds only those segments' numbers and counts, says where reading starts in each.
 func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 	l.start, l.passed, l.resume = map[uint64]Cursor{}, map[uint64]bool{}, map[uint64]Cursor{}
-	newest := func(sg *seg) bool { return sg.seq == l.segs[len(l.segs)-1] }
+	newest := func(sg *seg) bool {
+		i, _ := slices.BinarySearch(l.segs, sg.seq)
+		return i >= l.tail
+	}
 	var segs []*seg
 	scan := map[*seg]bool{} // counted by scanning: records are worked out when needed
 	for _, seq := range l.segs {
@@ -697,7 +702,8 @@ type segRead struct {
 	gone     bool // deleted (or set aside) while being read
 }
 
-// readSeg reads and scans segment seq. newest says it is the last segment listed: the
+// readSeg reads and scans segment seq. newest says it is one whose tail Open repairs (the
+// last segment listed, or the one before an empty spare; see tailFrom): the
 // one whose torn tail Open cuts back, and the one a live writer may be appending to.
 func (l *look) readSeg(seq uint64, newest bool) *segRead {
 	r := &segRead{name: segName(seq)}

@@ -45,22 +45,13 @@ func (s *Spool) load() error {
 	// A segment whose creation was cut short (the directory is made before its
 	// file) never held a record. Only the last segment created can be one, numbered above
 	// (or, a front segment, below) all others, and Open removes it before creating any:
-	// only the first and the last need looking at, whatever the backlog. The last may also
-	// be a spare made ahead (see spare), an empty WAL file alone: removed too, so that the
-	// segment written at the crash is the newest, whose torn tail is cut back.
+	// only the first and the last need looking at, whatever the backlog.
 	for _, i := range []int{len(s.segs) - 1, 0} {
 		if i < 0 || i >= len(s.segs) {
 			continue
 		}
 		name := s.segs[i].name()
-		sub, err := readDirNames(s.path(name))
-		if err == nil && i == len(s.segs)-1 && neverWritten(s.path(name), sub) {
-			if err := os.Remove(s.path(name, walFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("spool: remove leftover: %w", err)
-			}
-			sub = nil
-		}
-		if err == nil && len(sub) == 0 {
+		if sub, err := readDirNames(s.path(name)); err == nil && len(sub) == 0 {
 			if err := os.Remove(s.path(name)); err != nil {
 				return fmt.Errorf("spool: remove leftover: %w", err)
 			}
@@ -112,9 +103,10 @@ func (s *Spool) load() error {
 	// resume cursor in the segment it resumes in, are counted (countBacklog); that scan
 	// also finds where the segment's last record is, for collect.
 	first, resume := true, Cursor{}
+	tail := tailFrom(len(s.segs), func(i int) string { return s.path(s.segs[i].name()) })
 	for i := 0; i < len(s.segs); i++ {
 		sg := s.segs[i]
-		newest := i == len(s.segs)-1
+		newest := i >= tail
 		if sg.seq < c.Seg {
 			continue
 		}
@@ -359,13 +351,28 @@ func isSegName(name string) bool {
 	return true
 }
 
-// neverWritten reports whether the segment directory dir, holding the files names, never
-// held a record: no file (its creation was cut short) or an empty WAL file alone (a spare).
-func neverWritten(dir string, names []string) bool {
-	if len(names) == 0 {
-		return true
+// tailFrom returns the index of the first of n segments (dir(i) the directory of the
+// i-th) that a crash may have left being written, so whose tail Open repairs: the newest,
+// and the one before it when the newest holds an empty WAL file alone (a spare made ahead,
+// see spare, perhaps never written to) and it has no meta file (not sealed). The empty one
+// stays (Open does not remove it): records written to it may have been lost with their
+// fsync (a power loss), and its number, which their IDs carry, must never be used again.
+func tailFrom(n int, dir func(i int) string) int {
+	if n == 0 {
+		return 0
 	}
-	if len(names) != 1 || names[0] != walFile {
+	if n > 1 && emptyWAL(dir(n-1)) {
+		if _, err := os.Stat(filepath.Join(dir(n-2), metaName)); errors.Is(err, fs.ErrNotExist) {
+			return n - 2
+		}
+	}
+	return n - 1
+}
+
+// emptyWAL reports whether the segment directory dir holds an empty WAL file alone.
+func emptyWAL(dir string) bool {
+	names, err := readDirNames(dir)
+	if err != nil || len(names) != 1 || names[0] != walFile {
 		return false
 	}
 	fi, err := os.Stat(filepath.Join(dir, walFile))

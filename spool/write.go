@@ -98,6 +98,12 @@ func (s *Spool) nextSeq() uint64 {
 	}
 	if s.acked.Seg >= seq {
 		seq = s.acked.Seg + 1
+		if s.acked.Index == 0 && s.acked.Offset == 0 {
+			// The cursor is at the very start of a segment not made yet (what collect
+			// leaves when the reader finished the one before): a segment with its number
+			// begins exactly there, and the spare made for it is used.
+			seq = s.acked.Seg
+		}
 	}
 	if s.high >= seq {
 		seq = s.high + 1 // never a number used before, even by a segment long deleted
@@ -171,8 +177,7 @@ func (s *Spool) makeSegment(name string) (*segFile, error) {
 // at every rotation: a journal commit each on ext4, about 2 ms, which held up the whole
 // spill pipeline (Auto spill ran about 15% faster without them). It is used only once
 // made, so a record in it is as durable as in a segment made on the spot. It holds no
-// record: Close removes it, and Open removes one a crash left (an empty WAL file in the
-// newest segment directory).
+// record: Close removes it. One a crash left stays, as an empty segment (see tailFrom).
 type spare struct {
 	seq  uint64
 	err  error // set before done is closed
