@@ -1161,11 +1161,7 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 	req.syncs = l.syncs
 	req.done, req.stores = l.doneIDs, l.stores
 	if l.cur != nil && l.ci > 0 {
-		for i, id := range l.cur.ids[:l.ci] {
-			if i+1 == l.ci || l.cur.ids[i+1].key() != id.key() {
-				req.sentUpTo = append(req.sentUpTo, id)
-			}
-		}
+		lastOfEachRecord(l.cur.ids[:l.ci], func(id MsgID) { req.sentUpTo = append(req.sentUpTo, id) })
 	}
 	l.publish()
 	close(c.writeCh)

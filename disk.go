@@ -780,11 +780,7 @@ func (c *Chan[T]) returned(d *diskState[T], b *refill[T]) {
 	if b.wa {
 		d.memMsgs -= len(b.msgs)
 		// Every message of it went out: the last of each of its records marks it.
-		for i, id := range b.ids {
-			if i+1 == len(b.ids) || b.ids[i+1].key() != id.key() {
-				d.tr.sentUpTo(id)
-			}
-		}
+		lastOfEachRecord(b.ids, d.tr.sentUpTo)
 		return
 	}
 	if b.rec != nil {
@@ -793,6 +789,16 @@ func (c *Chan[T]) returned(d *diskState[T], b *refill[T]) {
 		b.rec = nil
 	}
 	d.free = append(d.free, b)
+}
+
+// lastOfEachRecord calls f with the last of ids (in record order, as an item holds them)
+// in each record they come from.
+func lastOfEachRecord(ids []MsgID, f func(MsgID)) {
+	for i, id := range ids {
+		if i+1 == len(ids) || ids[i+1].key() != id.key() {
+			f(id)
+		}
+	}
 }
 
 // serveSyncs answers the Sync calls whose batches are all through.

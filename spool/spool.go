@@ -259,7 +259,8 @@ func Open(dir string, opts Options) (*Spool, error) {
 	}
 	s := &Spool{dir: dir, opts: opts, lock: lock}
 	if err := s.load(); err != nil {
-		s.bg.Wait() // segments load retired, before another Open may look at them
+		s.StartCounting() // (load starts it last; should that change, bg.Wait must not hang)
+		s.bg.Wait()       // segments load retired, before another Open may look at them
 		lock.Close()
 		return nil, err
 	}
