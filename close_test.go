@@ -357,7 +357,7 @@ func TestCloseOnFullTmpfs(t *testing.T) {
 		{"drop-oldest", DropOldest, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mnt := mountTmpfs(t, "512k")
+			mnt := mountTmpfs(t, "size=512k")
 			dir := filepath.Join(mnt, "spool")
 			log := &errLog{}
 			p := clProduce(7000, 4)

@@ -881,7 +881,7 @@ func TestCrashFileSizeLimit(t *testing.T) {
 // restart loop meets). Open must still deliver every whole record: the evidence of the
 // torn tail may not fit, but that is no reason to withhold the good records before it.
 func TestCrashTornTailOnFullDisk(t *testing.T) {
-	mnt := mountTmpfs(t, "1m")
+	mnt := mountTmpfs(t, "size=1m")
 	dir := filepath.Join(mnt, "spool")
 
 	// A spool of one segment, as a killed process leaves it: no meta (it was never

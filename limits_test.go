@@ -255,15 +255,16 @@ func TestMaxAgeDropsOldSegments(t *testing.T) {
 	c.Close()
 }
 
-// mountTmpfs mounts a tmpfs of the given size on a temporary directory for the test, or
-// skips the test when that is not possible (not root, no mount permission).
-func mountTmpfs(t *testing.T, size string) string {
+// mountTmpfs mounts a tmpfs with the mount options opts ("size=1m", "size=1m,nr_inodes=12")
+// on a temporary directory for the test, or skips the test when that is not possible (not
+// root, no mount permission).
+func mountTmpfs(t *testing.T, opts string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a tmpfs")
 	}
 	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", opts, "tmpfs", mnt).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs here: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
@@ -273,7 +274,7 @@ func mountTmpfs(t *testing.T, size string) string {
 // TestENOSPCOnTmpfs fills a tiny tmpfs: the Chan blocks, nothing is corrupt, and it
 // resumes by itself when the consumer frees space.
 func TestENOSPCOnTmpfs(t *testing.T) {
-	mnt := mountTmpfs(t, "1m")
+	mnt := mountTmpfs(t, "size=1m")
 	dir := filepath.Join(mnt, "spool")
 	const n = 30000
 	src := make(chan string)

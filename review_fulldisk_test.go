@@ -4,30 +4,10 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 )
-
-// reviewTmpfs mounts a tmpfs (size bytes, inodes inodes) at a new directory, or skips.
-func reviewTmpfs(t *testing.T, size, inodes int) string {
-	t.Helper()
-	mnt := filepath.Join(t.TempDir(), "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,nr_inodes=%d", size, inodes), "tmpfs", mnt).CombinedOutput()
-	if err != nil {
-		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount: %v %s", err, out)
-		}
-	})
-	return mnt
-}
 
 // A full disk (a 1 MiB tmpfs) under Block with a stalled consumer, then the consumer
 // drains: with the spare made ahead (SyncEvery: not NoSync) and consumed segments retired
@@ -36,7 +16,7 @@ func reviewTmpfs(t *testing.T, size, inodes int) string {
 func TestReviewFullDiskSpareRetire(t *testing.T) {
 	for _, inodes := range []int{10000, 12} {
 		t.Run(fmt.Sprintf("inodes=%d", inodes), func(t *testing.T) {
-			mnt := reviewTmpfs(t, 1<<20, inodes)
+			mnt := mountTmpfs(t, fmt.Sprintf("size=%d,nr_inodes=%d", 1<<20, inodes))
 			dir := filepath.Join(mnt, "spool")
 			src := make(chan string)
 			var errs errorLog

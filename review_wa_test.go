@@ -33,30 +33,10 @@ func TestReviewWriteAheadRedeliveredMultiRecordBatch(t *testing.T) {
 		}
 		ids[key] = true
 	}
-	var s1 Stats
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s1, _ = statsWithin(c, 5*time.Second)
-		if s1.Unacked == k+10 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Unacked %d, want %d; stats %+v", s1.Unacked, k+10, s1)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	s1 := waitStats(t, c, 5*time.Second, "Unacked = the received and the buffered", func(s Stats) bool { return s.Unacked == k+10 })
 	t.Logf("session 1: the %d deliveries received came from %d records", k, len(ids))
 	akMustClose(t, c)
-	src2 := make(chan string)
-	close(src2)
-	c2 := open(t, dir, src2, opts...)
-	got := akDrainAcked(t, c2, 5*time.Second)
-	s2, _ := statsWithin(c2, 5*time.Second)
-	akMustClose(t, c2)
-	if len(got) != n || s2.Redelivered != s1.Unacked {
-		t.Errorf("after the restart: %d deliveries (want %d), Redelivered %d (want %d, the first Chan's Unacked)",
-			len(got), n, s2.Redelivered, s1.Unacked)
-	}
+	checkRedelivered(t, dir, opts, n, s1.Unacked, 5*time.Second)
 }
 
 // The same with a batch that really spans two records: a record holds at most
@@ -91,16 +71,7 @@ func TestReviewWriteAheadRedeliveredSpanningRecords(t *testing.T) {
 	s1, _ := statsWithin(c, 5*time.Second)
 	t.Logf("session 1 before Close: Unacked %d", s1.Unacked)
 	akMustClose(t, c)
-	src2 := make(chan string)
-	close(src2)
-	c2 := open(t, dir, src2, opts...)
-	got := akDrainAcked(t, c2, 20*time.Second)
-	s2, _ := statsWithin(c2, 5*time.Second)
-	akMustClose(t, c2)
-	if len(got) != n || s2.Redelivered != int64(k) {
-		t.Errorf("after the restart: %d deliveries (want %d), Redelivered %d (want %d: the first Chan handed out %d, none acknowledged)",
-			len(got), n, s2.Redelivered, k, k)
-	}
+	checkRedelivered(t, dir, opts, n, k, 20*time.Second) // the first Chan handed out k, none acknowledged
 }
 
 // Review of 6111589 at the Chan's level: when the reader catches up with the writer (a

@@ -450,29 +450,35 @@ func TestWriteAheadRedeliveredCountsOnlyHandedOut(t *testing.T) {
 				}
 			}
 			// Out: the k received and Deliveries' buffer, full (the consumer stalls).
-			var s1 Stats
-			deadline := time.Now().Add(5 * time.Second)
-			for {
-				s1, _ = statsWithin(c, 5*time.Second)
-				if s1.Unacked == k+10 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("Unacked %d, want %d (received and buffered); stats %+v", s1.Unacked, k+10, s1)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			s1 := waitStats(t, c, 5*time.Second, "Unacked = the received and the buffered", func(s Stats) bool { return s.Unacked == k+10 })
 			akMustClose(t, c)
-			src2 := make(chan string)
-			close(src2)
-			c2 := open(t, dir, src2, opts...)
-			got := akDrainAcked(t, c2, 5*time.Second)
-			s2, _ := statsWithin(c2, 5*time.Second)
-			akMustClose(t, c2)
-			if len(got) != n || s2.Redelivered != s1.Unacked {
-				t.Errorf("after the restart: %d deliveries (want %d), Redelivered %d (want %d, the first Chan's Unacked)",
-					len(got), n, s2.Redelivered, s1.Unacked)
-			}
+			checkRedelivered(t, dir, opts, n, s1.Unacked, 5*time.Second)
 		})
+	}
+}
+
+// checkRedelivered opens a Chan with opts on dir (src closed), receives and acknowledges
+// everything, and checks that n messages came (none lost, none twice: the first Chan
+// acknowledged none) and that Redelivered is want.
+func checkRedelivered(t *testing.T, dir string, opts []Option, n int, want int64, idle time.Duration) {
+	t.Helper()
+	src := make(chan string)
+	close(src)
+	c := open(t, dir, src, opts...)
+	got := akDrainAcked(t, c, idle)
+	s, ok := statsWithin(c, 5*time.Second)
+	if !ok {
+		t.Fatal("Stats did not return within 5 s")
+	}
+	akMustClose(t, c)
+	seen := map[string]bool{}
+	for _, d := range got {
+		if seen[d.Msg] {
+			t.Errorf("after the restart: %q delivered twice", d.Msg)
+		}
+		seen[d.Msg] = true
+	}
+	if len(got) != n || s.Redelivered != want {
+		t.Errorf("after the restart: %d deliveries (want %d), Redelivered %d (want %d)", len(got), n, s.Redelivered, want)
 	}
 }
