@@ -570,7 +570,7 @@ func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 		ci.State, c = "missing", first
 	case cerr != nil:
 		ci.State, ci.Error, c = "damaged", cerr.Error()+"; Open reads from the first segment", first
-	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq:
+	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq && !segStart(c, cver):
 		ci.State = "past-end"
 		ci.Error = fmt.Sprintf("cursor points to segment %020d past the last one; Open reads from the first segment", c.Seg)
 		c = first

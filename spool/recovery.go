@@ -83,7 +83,7 @@ func (s *Spool) load() error {
 		if len(s.segs) > 0 {
 			c = Cursor{Seg: s.segs[0].seq}
 		}
-	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq:
+	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq && !segStart(c, version):
 		s.report(fmt.Errorf("%w: spool: cursor points to segment %020d past the last one; reading from the first segment", ErrCorrupt, c.Seg))
 		c = Cursor{Seg: s.segs[0].seq}
 	case version < 3:
@@ -162,6 +162,14 @@ func (s *Spool) load() error {
 	}
 	s.countInBackground()
 	return nil
+}
+
+// segStart reports whether a cursor file of the given version names the very start of
+// segment c.Seg. That is what the reader writes when it has finished every segment before
+// c.Seg; past the last segment, it means all are consumed: a kill after the checkpoint and
+// before the last consumed segment was deleted leaves such a cursor, and nothing is owed.
+func segStart(c Cursor, version int) bool {
+	return version >= 3 && c.Index == 0 && c.Offset == 0
 }
 
 // lazyMeta is a background reading of one segment's counts.

@@ -468,6 +468,10 @@ func TestCursorDamage(t *testing.T) {
 		{"past the last segment", func(t *testing.T, f fixture) {
 			writeCursorFile(t, f.dir, Cursor{Seg: segNum(t, f.segs[len(f.segs)-1]) + 10, Index: 1})
 		}, true, nil},
+		{"at the start of a segment past the last", func(t *testing.T, f fixture) {
+			// What the reader writes after the newest segment: a kill before its deletion.
+			writeCursorFile(t, f.dir, Cursor{Seg: segNum(t, f.segs[len(f.segs)-1]) + 1})
+		}, false, func(f fixture) []string { return []string{} }},
 		{"before the first segment", func(t *testing.T, f fixture) {
 			writeCursorFile(t, f.dir, Cursor{Seg: 1, Index: 7})
 		}, false, nil},

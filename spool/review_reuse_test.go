@@ -92,14 +92,10 @@ func TestReviewEmptyNewestNumberReused(t *testing.T) {
 // {Seg: N+1} and checkpointBeforeDelete writes it (when the cursor file's high mark does
 // not cover N yet) before N is renamed away. A kill between the two leaves a cursor file
 // naming N+1 beside a consumed N and no N+1 (or, now, only the spare N+1, which Open
-// removes): Open reports damage ("cursor points to segment past the last one") and reads
-// N again from its start.
+// removes). Open reported damage ("cursor points to segment past the last one") and read
+// N again from its start; now a cursor at the very start of a segment past the last means
+// every segment is consumed.
 func TestReviewCursorPastConsumedNewest(t *testing.T) {
-	if os.Getenv("PELICHAN_KNOWN_ISSUES") == "" {
-		// Known and not fixed: it passes only when the spare N+1 was made before the kill
-		// (Open then finds the cursor's segment). Set PELICHAN_KNOWN_ISSUES=1 to run it.
-		t.Skip("known older issue: a kill between checkpointBeforeDelete and the rename")
-	}
 	dir := t.TempDir()
 	s := mustOpen(t, dir, Options{SegmentSize: 400})
 	var first uint64
