@@ -136,12 +136,30 @@ func defaults() options {
 		buffer:       1024,
 		batchBytes:   64 << 10,
 		linger:       100 * time.Millisecond,
-		segmentSize:  spool.DefaultSegmentSize,
 		sync:         SyncEvery(time.Second),
 		checkpoint:   100 * time.Millisecond,
 		errorHandler: func(error) {},
 		compression:  Zstd,
 	}
+}
+
+// Segment sizes without WithSegmentSize: bigSegment, or smallSegment under a disk cap below
+// bigSegmentCap (so that a cap of three small segments stays valid, and DropOldest and the
+// cap keep a fine grain). Bigger segments cost fewer fsyncs, directory entries and unlinks
+// per byte: spill with Auto ran 13% faster with 8 MiB segments than with 2 MiB (bench/,
+// interleaved), with the same peak RSS, since segments are read in chunks.
+const (
+	bigSegment    = 8 << 20
+	smallSegment  = spool.DefaultSegmentSize // 2 MiB
+	bigSegmentCap = 64 << 20
+)
+
+// defaultSegmentSize is the segment size when WithSegmentSize is not given.
+func defaultSegmentSize(maxDisk int64) int64 {
+	if maxDisk > 0 && maxDisk < bigSegmentCap {
+		return smallSegment
+	}
+	return bigSegment
 }
 
 func (o *options) invalid(name string, v any, want string) {
@@ -154,6 +172,9 @@ func (o *options) invalid(name string, v any, want string) {
 func (o *options) check() error {
 	if o.err != nil {
 		return o.err
+	}
+	if o.segmentSize == 0 {
+		o.segmentSize = defaultSegmentSize(o.maxDisk)
 	}
 	if o.maxDisk > 0 && o.maxDisk < 3*o.segmentSize {
 		return fmt.Errorf("%w: WithMaxDiskBytes(%d): below three segments of %d bytes (WithSegmentSize)",
@@ -207,8 +228,10 @@ func WithLinger(d time.Duration) Option {
 }
 
 // WithSegmentSize sets the size at which a spool segment is sealed and a new one begun,
-// 1 KiB to 1 GiB (default 2 MiB). Memory use grows with it: the segment being written and
-// the one being read are held in memory.
+// 1 KiB to 1 GiB (default 8 MiB; 2 MiB with a WithMaxDiskBytes cap under 64 MiB). Whole
+// segments are the unit of deletion, of WithMaxAge and of DropOldest. Memory does not grow
+// with it (segments are written and read in chunks), except that a segment with damage is
+// read whole when the reader reaches it.
 func WithSegmentSize(n int64) Option {
 	return func(o *options) {
 		if n < minSegmentSize || n > maxSegmentSize {

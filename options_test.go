@@ -156,7 +156,8 @@ func TestOptionsEdgeValues(t *testing.T) {
 		{"WithLinger(1h)", []Option{WithLinger(time.Hour)}},
 		{"WithMaxDiskBytes(0)", []Option{WithMaxDiskBytes(0)}},
 		{"WithMaxDiskBytes(3 segments)", []Option{WithSegmentSize(minSegmentSize), WithMaxDiskBytes(3 * minSegmentSize)}},
-		{"WithMaxDiskBytes(3 default segments)", []Option{WithMaxDiskBytes(3 * defaults().segmentSize)}},
+		{"WithMaxDiskBytes(3 default segments)", []Option{WithMaxDiskBytes(3 * smallSegment)}},
+		{"WithMaxDiskBytes(big segments)", []Option{WithMaxDiskBytes(bigSegmentCap)}},
 		{"WithAcks(1)", []Option{WithAcks(1)}},
 		{"WithAcks(max)", []Option{WithAcks(maxUnackedMax)}},
 		{"WithCompression(Zstd)", []Option{WithCompression(Zstd)}},
@@ -356,5 +357,33 @@ func TestAutoPace(t *testing.T) {
 				t.Fatal("still S2 after an idle window")
 			}
 		})
+	}
+}
+
+// The segment size without WithSegmentSize: big segments, small ones under a small disk
+// cap (every cap of three small segments that was valid stays valid); WithSegmentSize wins.
+func TestDefaultSegmentSize(t *testing.T) {
+	cases := []struct {
+		name string
+		opts []Option
+		want int64
+	}{
+		{"no cap", nil, bigSegment},
+		{"cap of three small segments", []Option{WithMaxDiskBytes(3 * smallSegment)}, smallSegment},
+		{"cap just under the big-segment cap", []Option{WithMaxDiskBytes(bigSegmentCap - 1)}, smallSegment},
+		{"big-segment cap", []Option{WithMaxDiskBytes(bigSegmentCap)}, bigSegment},
+		{"WithSegmentSize", []Option{WithSegmentSize(1 << 20), WithMaxDiskBytes(1 << 30)}, 1 << 20},
+	}
+	for _, tc := range cases {
+		o := defaults()
+		for _, opt := range tc.opts {
+			opt(&o)
+		}
+		if err := o.check(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if o.segmentSize != tc.want {
+			t.Errorf("%s: segment size %d, want %d", tc.name, o.segmentSize, tc.want)
+		}
 	}
 }
