@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"hash/maphash"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -324,4 +326,92 @@ func BenchmarkOpenToFirst(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(inNew.Nanoseconds())/float64(b.N), "ns-in-New/op")
+}
+
+// BenchmarkOpenToFirstAfterCrash: as BenchmarkOpenToFirst, on the image of a spool taken
+// while its Chan was running (a SIGKILL's state): the newest segment, 85-100% full, has no
+// meta file, so Open scans it and cuts its tail. One sub-benchmark per segment size; the
+// newest segment's size is reported.
+func BenchmarkOpenToFirstAfterCrash(b *testing.B) {
+	lines, _ := benchLines(4096)
+	for _, size := range []int64{2 << 20, 4 << 20, 8 << 20} {
+		b.Run(fmt.Sprintf("segment=%dMiB", size>>20), func(b *testing.B) {
+			img, newest := benchCrashImage(b, lines, size)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				dir := filepath.Join(b.TempDir(), "spool")
+				if err := os.CopyFS(dir, os.DirFS(img)); err != nil {
+					b.Fatal(err)
+				}
+				src := make(chan []byte)
+				b.StartTimer()
+				c, err := New(dir, src, Bytes, WithSync(SyncNever), WithSegmentSize(size))
+				if err != nil {
+					b.Fatal(err)
+				}
+				select {
+				case <-c.Out():
+				case <-time.After(10 * time.Second):
+					b.Fatal("no first message within 10s")
+				}
+				b.StopTimer()
+				close(src)
+				if err := c.Close(); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(newest), "newest-bytes")
+		})
+	}
+}
+
+// benchCrashImage stores lines into a Chan with the given segment size until its newest
+// segment is 85-100% full, and copies the directory while the Chan runs.
+func benchCrashImage(b *testing.B, lines [][]byte, size int64) (string, int64) {
+	dir := b.TempDir()
+	src := make(chan []byte, 256)
+	c, err := New(dir, src, Bytes, WithBuffer(0), WithSync(SyncNever), WithSegmentSize(size),
+		WithLinger(time.Millisecond))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	sent := 0
+	for {
+		for range 1000 {
+			src <- lines[sent%len(lines)]
+			sent++
+		}
+		waitStored(c, int64(sent))
+		names, err := os.ReadDir(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var newest string
+		for _, e := range names {
+			if e.IsDir() && len(e.Name()) == 20 && e.Name() > newest {
+				newest = e.Name()
+			}
+		}
+		if newest == "" {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join(dir, newest, "00000000000000000001"))
+		if err != nil || fi.Size() < size*85/100 {
+			continue
+		}
+		img := filepath.Join(b.TempDir(), "img")
+		for try := 0; ; try++ {
+			os.RemoveAll(img)
+			if err = os.CopyFS(img, os.DirFS(dir)); err == nil {
+				return img, fi.Size()
+			}
+			if try == 5 {
+				b.Fatal(err) // files a live spool removes (a seal's meta.tmp) may vanish mid-copy
+			}
+		}
+	}
 }

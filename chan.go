@@ -195,6 +195,9 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 			opt(&o)
 		}
 	}
+	if o.segmentSize == 0 {
+		o.volume = volumeSize(dir)
+	}
 	if err := o.check(); err != nil {
 		return nil, err
 	}

@@ -729,8 +729,8 @@ func fzAppend(tb testing.TB, p string, data []byte) {
 // fzOwed returns the messages that must come out: those of every untouched record at or
 // after the cursor the spool will use, less those the done sets mark done. The spool's
 // documented rules: a missing or damaged cursor, or one past the last segment, means the
-// first segment, unless a version 3 or 4 cursor names the very start of a segment past
-// the last (all consumed); a cursor into a missing segment means the start of the next one. A
+// first segment, unless a version 3 or 4 cursor names the very start of the segment
+// right after the last (all consumed); a cursor into a missing segment means the start of the next one. A
 // version 3 cursor names its record by byte offset; a version 1 cursor (what the damage
 // writes) by entry index, which the spool translates at open (to an earlier record if
 // damage in front may have shifted the indexes: duplicates, never loss). The done sets
@@ -762,10 +762,11 @@ func fzOwed(pr *fzPristine, dir string, st *fzState) (owed []string, cur fzCurso
 	cf, ok := fzDecodeCursor(b)
 	cur = cf.pos
 	var done map[[2]uint64]fzDone
-	// A version 3 or 4 cursor at the very start of a segment past the last one means every
-	// segment is consumed (what the reader writes after the newest; a kill before its deletion).
-	segStart := cur.ByOffset && cur.Index == 0 && cur.Offset == 0
-	if err != nil || !ok || (len(found) > 0 && cur.Seg > found[len(found)-1] && !segStart) {
+	// A version 3 or 4 cursor at the very start of the segment right after the last one
+	// means every segment is consumed (what the reader writes after the newest; a kill
+	// before its deletion).
+	nextStart := len(found) > 0 && cur.ByOffset && cur.Index == 0 && cur.Offset == 0 && cur.Seg == found[len(found)-1]+1
+	if err != nil || !ok || (len(found) > 0 && cur.Seg > found[len(found)-1] && !nextStart) {
 		cur = fzCursor{ByOffset: true} // the start of the first segment: offset 0
 		if len(found) > 0 {
 			cur.Seg = found[0]

@@ -2,6 +2,8 @@ package pelichan
 
 import (
 	"fmt"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/pelichan/pelichan/segment"
@@ -91,6 +93,7 @@ type options struct {
 	acks         int // 0: no acknowledgements (done = received from Out)
 	writeAhead   bool
 	compression  Compression
+	volume       int64 // the spool's filesystem size, for the default segment size (0: unknown)
 
 	err error // the first invalid value
 }
@@ -145,21 +148,39 @@ func defaults() options {
 
 // Segment sizes without WithSegmentSize: bigSegment, or smallSegment under a disk cap below
 // bigSegmentCap (so that a cap of three small segments stays valid, and DropOldest and the
-// cap keep a fine grain). Bigger segments cost fewer fsyncs, directory entries and unlinks
-// per byte: spill with Auto ran 13% faster with 8 MiB segments than with 2 MiB (bench/,
-// interleaved), with the same peak RSS, since segments are read in chunks.
+// cap keep a fine grain) or on a volume smaller than bigSegmentVolume (DropOldest on a full
+// volume can drop only sealed segments other than the ones being read and written, so a
+// small volume needs several of them). Bigger segments cost fewer fsyncs, directory
+// entries and unlinks per byte: spill with Auto ran 13% faster with 8 MiB segments than
+// with 2 MiB (bench/, interleaved), with the same peak RSS, since segments are read in
+// chunks.
 const (
-	bigSegment    = 8 << 20
-	smallSegment  = spool.DefaultSegmentSize // 2 MiB
-	bigSegmentCap = 64 << 20
+	bigSegment       = 8 << 20
+	smallSegment     = spool.DefaultSegmentSize // 2 MiB
+	bigSegmentCap    = 64 << 20
+	bigSegmentVolume = 1 << 30
 )
 
-// defaultSegmentSize is the segment size when WithSegmentSize is not given.
-func defaultSegmentSize(maxDisk int64) int64 {
-	if maxDisk > 0 && maxDisk < bigSegmentCap {
+// defaultSegmentSize is the segment size when WithSegmentSize is not given; volume is the
+// size of the filesystem the spool is on (0: unknown).
+func defaultSegmentSize(maxDisk, volume int64) int64 {
+	if maxDisk > 0 && maxDisk < bigSegmentCap || volume > 0 && volume < bigSegmentVolume {
 		return smallSegment
 	}
 	return bigSegment
+}
+
+// volumeSize returns the size of the filesystem dir is (or would be) on, 0 if unknown.
+func volumeSize(dir string) int64 {
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(p, &st); err == nil {
+			return int64(uint64(st.Blocks) * uint64(st.Bsize))
+		}
+		if q := filepath.Dir(p); q == p {
+			return 0
+		}
+	}
 }
 
 func (o *options) invalid(name string, v any, want string) {
@@ -174,7 +195,7 @@ func (o *options) check() error {
 		return o.err
 	}
 	if o.segmentSize == 0 {
-		o.segmentSize = defaultSegmentSize(o.maxDisk)
+		o.segmentSize = defaultSegmentSize(o.maxDisk, o.volume)
 	}
 	if o.maxDisk > 0 && o.maxDisk < 3*o.segmentSize {
 		return fmt.Errorf("%w: WithMaxDiskBytes(%d): below three segments of %d bytes (WithSegmentSize)",
@@ -228,7 +249,8 @@ func WithLinger(d time.Duration) Option {
 }
 
 // WithSegmentSize sets the size at which a spool segment is sealed and a new one begun,
-// 1 KiB to 1 GiB (default 8 MiB; 2 MiB with a WithMaxDiskBytes cap under 64 MiB). Whole
+// 1 KiB to 1 GiB (default 8 MiB; 2 MiB with a WithMaxDiskBytes cap under 64 MiB or on a
+// filesystem smaller than 1 GiB). Whole
 // segments are the unit of deletion, of WithMaxAge and of DropOldest. Memory does not grow
 // with it (segments are written and read in chunks), except that a segment with damage is
 // read whole when the reader reaches it.

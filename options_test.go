@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -373,6 +374,15 @@ func TestDefaultSegmentSize(t *testing.T) {
 		{"cap just under the big-segment cap", []Option{WithMaxDiskBytes(bigSegmentCap - 1)}, smallSegment},
 		{"big-segment cap", []Option{WithMaxDiskBytes(bigSegmentCap)}, bigSegment},
 		{"WithSegmentSize", []Option{WithSegmentSize(1 << 20), WithMaxDiskBytes(1 << 30)}, 1 << 20},
+		{"small volume", []Option{func(o *options) { o.volume = bigSegmentVolume - 1 }}, smallSegment},
+		{"big volume", []Option{func(o *options) { o.volume = bigSegmentVolume }}, bigSegment},
+		{"WithSegmentSize on a small volume", []Option{func(o *options) { o.volume = 6 << 20 }, WithSegmentSize(1 << 20)}, 1 << 20},
+	}
+	if v := volumeSize(t.TempDir()); v <= 0 {
+		t.Errorf("volumeSize of a temporary directory: %d", v)
+	}
+	if v := volumeSize(filepath.Join(t.TempDir(), "not", "yet")); v <= 0 {
+		t.Errorf("volumeSize of a directory not made yet: %d", v)
 	}
 	for _, tc := range cases {
 		o := defaults()

@@ -171,9 +171,10 @@
 //     grow (see Reading), is renamed NAME.bad and reported;
 //   - a missing or damaged cursor means reading from the first segment (duplicates, never
 //     loss), with no extra bytes; a cursor past the last segment is reported and treated
-//     the same way, unless it names the very start of a segment (what the reader writes
-//     once it has read every segment before it): then every segment is consumed, and
-//     nothing is reported (a kill after that checkpoint and before the deletion leaves it); a cursor into a deleted segment means the start of the next one (never
+//     the same way, unless it names the very start of the segment numbered right after the
+//     last one (what the reader writes once it has read the last one): then every segment
+//     is consumed, and nothing is reported (a kill after that checkpoint and before the
+//     deletion leaves it); a cursor into a deleted segment means the start of the next one (never
 //     a front segment's: it is checkpointed past one before deleting it); a cursor of an
 //     older version (an entry index) is translated into a byte offset (see The cursor
 //     file), and so is a front segment's resume cursor in a meta file of version 1;

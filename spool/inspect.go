@@ -570,7 +570,7 @@ func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 		ci.State, c = "missing", first
 	case cerr != nil:
 		ci.State, ci.Error, c = "damaged", cerr.Error()+"; Open reads from the first segment", first
-	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq && !segStart(c, cver):
+	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq && !nextStart(c, cver, segs[len(segs)-1].seq):
 		ci.State = "past-end"
 		ci.Error = fmt.Sprintf("cursor points to segment %020d past the last one; Open reads from the first segment", c.Seg)
 		c = first
@@ -748,8 +748,8 @@ func (l *look) readSeg(seq uint64, newest bool) *segRead {
 	}
 	r.buf = buf
 	if open := (Options{}).withDefaults().maxSegmentFile(); int64(len(buf)) > open {
-		r.notes = append(r.notes, fmt.Sprintf("segment %s: the WAL file holds %d bytes: Open sets it aside as too large unless SegmentSize is at least %d (the default allows %d)",
-			r.name, len(buf), (int64(len(buf))-open)/4+DefaultSegmentSize, open))
+		r.notes = append(r.notes, fmt.Sprintf("segment %s: the WAL file holds %d bytes: Open sets it aside as too large unless SegmentSize is at least %d (DefaultSegmentSize allows %d, 8 MiB, a Chan's default, %d)",
+			r.name, len(buf), (int64(len(buf))-open)/4+DefaultSegmentSize, open, (Options{SegmentSize: 8 << 20}).withDefaults().maxSegmentFile()))
 	}
 	ents, bad, good := scanFile(buf)
 	r.ents = ents

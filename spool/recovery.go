@@ -83,7 +83,7 @@ func (s *Spool) load() error {
 		if len(s.segs) > 0 {
 			c = Cursor{Seg: s.segs[0].seq}
 		}
-	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq && !segStart(c, version):
+	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq && !nextStart(c, version, s.segs[len(s.segs)-1].seq):
 		s.report(fmt.Errorf("%w: spool: cursor points to segment %020d past the last one; reading from the first segment", ErrCorrupt, c.Seg))
 		c = Cursor{Seg: s.segs[0].seq}
 	case version < 3:
@@ -164,12 +164,14 @@ func (s *Spool) load() error {
 	return nil
 }
 
-// segStart reports whether a cursor file of the given version names the very start of
-// segment c.Seg. That is what the reader writes when it has finished every segment before
-// c.Seg; past the last segment, it means all are consumed: a kill after the checkpoint and
-// before the last consumed segment was deleted leaves such a cursor, and nothing is owed.
-func segStart(c Cursor, version int) bool {
-	return version >= 3 && c.Index == 0 && c.Offset == 0
+// nextStart reports whether a cursor file of the given version names the very start of
+// the segment numbered right after last, the last segment present. That is what the
+// reader writes when it has finished last; a kill after that checkpoint and before last
+// was deleted leaves it, and then every segment is consumed. Any other cursor past the
+// last segment (further past it, or inside a segment) is damage: a cursor file from
+// elsewhere, or segments lost.
+func nextStart(c Cursor, version int, last uint64) bool {
+	return version >= 3 && c.Index == 0 && c.Offset == 0 && c.Seg == last+1
 }
 
 // lazyMeta is a background reading of one segment's counts.

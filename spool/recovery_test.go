@@ -472,6 +472,10 @@ func TestCursorDamage(t *testing.T) {
 			// What the reader writes after the newest segment: a kill before its deletion.
 			writeCursorFile(t, f.dir, Cursor{Seg: segNum(t, f.segs[len(f.segs)-1]) + 1})
 		}, false, func(f fixture) []string { return []string{} }},
+		{"at the start of a segment further past the last", func(t *testing.T, f fixture) {
+			// Not what the reader writes: damage, read from the first segment again.
+			writeCursorFile(t, f.dir, Cursor{Seg: segNum(t, f.segs[len(f.segs)-1]) + 2})
+		}, true, nil},
 		{"before the first segment", func(t *testing.T, f fixture) {
 			writeCursorFile(t, f.dir, Cursor{Seg: 1, Index: 7})
 		}, false, nil},
