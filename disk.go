@@ -1159,10 +1159,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 		c.settleShadow(d, b, req.shadowDone)
 	}
 	d.shadowQ = nil
-	// The cursor moves over what is done before a front segment takes its place, but the
-	// segments it passes stay on disk until the front segment's checkpoint: among what it
-	// passes are the messages taken back from Out, which only the front segment will hold.
-	d.sp.KeepConsumed(len(front) > 0)
+	// The cursor moves over what is done before a front segment takes its place.
 	c.advance(d)
 	if cur := d.sp.Cursor(); len(front) > 0 && cur.Seg < spool.FirstSeq {
 		// The cursor is in an earlier front segment: the new one takes over its rest
@@ -1178,7 +1175,6 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 			errs = append(errs, refused)
 		}
 	}
-	d.sp.KeepConsumed(false)
 	if err := d.sp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
 	}

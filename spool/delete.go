@@ -75,9 +75,6 @@ func (s *Spool) dropSeg(sg *seg) {
 
 // collect deletes the sealed segments that the acknowledged cursor has passed.
 func (s *Spool) collect() error {
-	if s.keep {
-		return nil
-	}
 	for len(s.segs) > 0 {
 		sg := s.segs[0]
 		if sg.seq >= s.acked.Seg && !s.ensureMeta(sg) {

@@ -31,15 +31,6 @@ func (s *Spool) finishFront() error {
 	return nil
 }
 
-// KeepConsumed, while on, keeps the spool from deleting consumed segments: Ack moves the
-// cursor, but the segments it passes stay on disk (and no checkpoint is written for their
-// deletion) until KeepConsumed(false); the next Ack, Front or Close then deletes them. An owner that acknowledges messages which only a Front is about to hold turns it
-// on first: a kill before Front's checkpoint then leaves them where they were, not
-// acknowledged, instead of deleted and in a front segment that lies behind the cursor.
-func (s *Spool) KeepConsumed(on bool) {
-	s.keep = on
-}
-
 // Front puts recs in front of everything stored, for shutdown in ordered mode: they are
 // older than every undelivered message. It writes them into a new segment numbered below
 // all others, whose meta holds a resume cursor (the current cursor), moves the cursor to
