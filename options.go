@@ -2,8 +2,6 @@ package pelichan
 
 import (
 	"fmt"
-	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/pelichan/pelichan/segment"
@@ -168,19 +166,6 @@ func defaultSegmentSize(maxDisk, volume int64) int64 {
 		return smallSegment
 	}
 	return bigSegment
-}
-
-// volumeSize returns the size of the filesystem dir is (or would be) on, 0 if unknown.
-func volumeSize(dir string) int64 {
-	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(p, &st); err == nil {
-			return int64(uint64(st.Blocks) * uint64(st.Bsize))
-		}
-		if q := filepath.Dir(p); q == p {
-			return 0
-		}
-	}
 }
 
 func (o *options) invalid(name string, v any, want string) {
