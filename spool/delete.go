@@ -16,11 +16,8 @@ import (
 // Open removes, never a segment directory missing some of its files (which Open would
 // have to take for damage).
 func (s *Spool) removeSeg(name string) error {
-	tmp := s.path(name + ".del.tmp")
-	if err := os.Rename(s.path(name), tmp); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
+	tmp, err := s.renameAway(name)
+	if tmp == "" {
 		return err
 	}
 	return os.RemoveAll(tmp)
@@ -32,11 +29,8 @@ func (s *Spool) removeSeg(name string) error {
 // 15% faster without it). The segment is gone when retire returns; a crash before its
 // files are removed leaves a NAME.del.tmp that Open removes. Close waits for it.
 func (s *Spool) retire(name string) error {
-	tmp := s.path(name + ".del.tmp")
-	if err := os.Rename(s.path(name), tmp); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
+	tmp, err := s.renameAway(name)
+	if tmp == "" {
 		return err
 	}
 	s.bg.Add(1)
@@ -45,6 +39,20 @@ func (s *Spool) retire(name string) error {
 		os.RemoveAll(tmp) // failing that, Open removes it
 	}()
 	return nil
+}
+
+// renameAway renames segment directory name to NAME.del.tmp and returns that path: the
+// segment is gone from the spool. It returns "" with a nil error if there was no such
+// directory, and "" with the error if the rename failed.
+func (s *Spool) renameAway(name string) (string, error) {
+	tmp := s.path(name + ".del.tmp")
+	if err := os.Rename(s.path(name), tmp); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", nil
+		}
+		return "", err
+	}
+	return tmp, nil
 }
 
 // badPath returns where a damaged segment's evidence goes: NAME.bad, or NAME.N.bad when
