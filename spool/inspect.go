@@ -492,17 +492,21 @@ func lookAt(dir string) (*look, error) {
 		}
 	}
 
-	// As Open does, the newest segment is left out if its directory is empty (its creation
-	// was cut short, or it is the next segment, being made ahead).
-	if n := len(l.segs); n > 0 {
-		name := segName(l.segs[n-1])
-		if sub, err := readDirNames(filepath.Join(dir, name)); err == nil && len(sub) == 0 {
-			l.segs = l.segs[:n-1]
-			if l.lock.Held {
-				l.notes = append(l.notes, fmt.Sprintf("segment %s is empty: being made", name))
-			} else {
-				l.notes = append(l.notes, fmt.Sprintf("segment %s is an empty directory (its creation was cut short): Open removes it", name))
-			}
+	// As Open does, the newest and the oldest segment (a front segment) are left out if
+	// their directory is empty: a creation cut short, or, under a live Spool, one being made.
+	for _, i := range []int{len(l.segs) - 1, 0} {
+		if i < 0 || i >= len(l.segs) {
+			continue
+		}
+		name := segName(l.segs[i])
+		if !emptyDir(filepath.Join(dir, name)) {
+			continue
+		}
+		l.segs = slices.Delete(l.segs, i, i+1)
+		if l.lock.Held {
+			l.notes = append(l.notes, fmt.Sprintf("segment %s is empty: being made", name))
+		} else {
+			l.notes = append(l.notes, fmt.Sprintf("segment %s is an empty directory (its creation was cut short): Open removes it", name))
 		}
 	}
 	l.tail = tailFrom(len(l.segs), func(i int) string { return filepath.Join(dir, segName(l.segs[i])) })
@@ -748,8 +752,8 @@ func (l *look) readSeg(seq uint64, newest bool) *segRead {
 	}
 	r.buf = buf
 	if open := (Options{}).withDefaults().maxSegmentFile(); int64(len(buf)) > open {
-		r.notes = append(r.notes, fmt.Sprintf("segment %s: the WAL file holds %d bytes: Open sets it aside as too large unless SegmentSize is at least %d (DefaultSegmentSize allows %d, 8 MiB, a Chan's default, %d)",
-			r.name, len(buf), (int64(len(buf))-open)/4+DefaultSegmentSize, open, (Options{SegmentSize: 8 << 20}).withDefaults().maxSegmentFile()))
+		r.notes = append(r.notes, fmt.Sprintf("segment %s: the WAL file holds %d bytes: Open sets it aside as too large unless the SegmentSize it opens with is at least %d",
+			r.name, len(buf), (int64(len(buf))-open)/4+DefaultSegmentSize))
 	}
 	ents, bad, good := scanFile(buf)
 	r.ents = ents

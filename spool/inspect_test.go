@@ -1155,3 +1155,34 @@ func TestInspectInterruptedFront(t *testing.T) {
 		t.Errorf("Open left the replaced front segment: %v", err)
 	}
 }
+
+// Empty segment directories at both ends (a segment, or a front segment below all others,
+// whose creation was cut short): Open removes them without a report, and Inspect says so
+// and reports no problem, with the same undelivered messages.
+func TestInspectEmptySegmentDirsAtBothEnds(t *testing.T) {
+	f := newInspFixture(t)
+	first, last := segNumOf(t, f.segs[0].name), segNumOf(t, f.segs[len(f.segs)-1].name)
+	for _, seq := range []uint64{first - 1, last + 1} {
+		if err := os.Mkdir(filepath.Join(f.dir, segName(seq)), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := Inspect(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Problems()) != 0 || len(r.Segments) != len(f.segs) || r.Undelivered != int64(len(f.undelivered)) {
+		t.Errorf("Inspect: problems %v, %d segments (want %d), %d undelivered (want %d)",
+			r.Problems(), len(r.Segments), len(f.segs), r.Undelivered, len(f.undelivered))
+	}
+	if n := len(r.Notes); n != 2 {
+		t.Errorf("notes %q, want one for each empty directory", r.Notes)
+	}
+	var c corruptions
+	s := mustOpen(t, f.dir, Options{OnCorrupt: c.add})
+	got := drain(t, s)
+	s.Close()
+	if !slices.Equal(got, f.undelivered) || len(c.list()) != 0 {
+		t.Errorf("Open delivered %d messages (want %d), reports %v", len(got), len(f.undelivered), c.list())
+	}
+}

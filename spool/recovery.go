@@ -51,7 +51,7 @@ func (s *Spool) load() error {
 			continue
 		}
 		name := s.segs[i].name()
-		if sub, err := readDirNames(s.path(name)); err == nil && len(sub) == 0 {
+		if emptyDir(s.path(name)) {
 			if err := os.Remove(s.path(name)); err != nil {
 				return fmt.Errorf("spool: remove leftover: %w", err)
 			}
@@ -377,6 +377,13 @@ func tailFrom(n int, dir func(i int) string) int {
 		}
 	}
 	return n - 1
+}
+
+// emptyDir reports whether dir is a directory with nothing in it (a segment whose
+// creation was cut short: the directory is made before its file).
+func emptyDir(dir string) bool {
+	sub, err := readDirNames(dir)
+	return err == nil && len(sub) == 0
 }
 
 // emptyWAL reports whether the segment directory dir holds an empty WAL file alone.
