@@ -174,7 +174,8 @@ func (o *options) invalid(name string, v any, want string) {
 	}
 }
 
-// check validates what depends on several options, after all were applied.
+// check fills in the defaults that depend on other options (the segment size) and
+// validates what depends on several options, after all were applied.
 func (o *options) check() error {
 	if o.err != nil {
 		return o.err
@@ -235,10 +236,10 @@ func WithLinger(d time.Duration) Option {
 
 // WithSegmentSize sets the size at which a spool segment is sealed and a new one begun,
 // 1 KiB to 1 GiB (default 8 MiB; 2 MiB with a WithMaxDiskBytes cap under 64 MiB or on a
-// filesystem smaller than 1 GiB). Whole
-// segments are the unit of deletion, of WithMaxAge and of DropOldest. Segments are written
-// and read in chunks, but one is read whole where it must be scanned: the newest at Open
-// after a crash (to cut a torn tail), and one with damage when the reader reaches it.
+// filesystem smaller than 1 GiB). Whole segments are the unit of deletion, of WithMaxAge
+// and of DropOldest. Segments are written and read in chunks, but one is read whole where
+// it must be scanned: the newest at Open after a crash (to cut a torn tail), and one with
+// damage when the reader reaches it.
 func WithSegmentSize(n int64) Option {
 	return func(o *options) {
 		if n < minSegmentSize || n > maxSegmentSize {
