@@ -1159,7 +1159,11 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 		c.settleShadow(d, b, req.shadowDone)
 	}
 	d.shadowQ = nil
-	// The cursor moves over what is done before a front segment takes its place.
+	// The cursor moves over what is done before a front segment takes its place. Among
+	// what it passes are the messages taken back from Out, which only the front segment
+	// will hold: the segments it passes stay on disk, and unacknowledged there, until the
+	// front segment's checkpoint (Front deletes them then).
+	d.sp.KeepConsumed(len(front) > 0)
 	c.advance(d)
 	if cur := d.sp.Cursor(); len(front) > 0 && cur.Seg < spool.FirstSeq {
 		// The cursor is in an earlier front segment: the new one takes over its rest
@@ -1175,6 +1179,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 			errs = append(errs, refused)
 		}
 	}
+	d.sp.KeepConsumed(false)
 	if err := d.sp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
 	}

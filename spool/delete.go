@@ -83,6 +83,9 @@ func (s *Spool) dropSeg(sg *seg) {
 
 // collect deletes the sealed segments that the acknowledged cursor has passed.
 func (s *Spool) collect() error {
+	if s.keep {
+		return nil // KeepConsumed: Front's checkpoint comes first
+	}
 	for len(s.segs) > 0 {
 		sg := s.segs[0]
 		if sg.seq >= s.acked.Seg && !s.ensureMeta(sg) {
@@ -104,25 +107,34 @@ func (s *Spool) collect() error {
 				s.acked = r
 			}
 		}
-		if sg.sealDone != nil {
-			<-sg.sealDone // never delete a directory a seal is still writing to
-		}
-		if err := s.checkpointBeforeDelete(sg); err != nil {
+		if err := s.deleteConsumed(sg); err != nil {
 			return err
 		}
-		var err error
-		if sg.damaged {
-			err = os.Rename(s.path(sg.name()), s.badPath(sg))
-			s.st.SetAside++
-		} else {
-			err = s.retire(sg.name())
-		}
-		if err != nil {
-			return fmt.Errorf("spool: delete consumed segment %s: %w", sg.name(), err)
-		}
-		s.noteMissing(sg)
-		s.dropSeg(sg) // what it still counts undelivered (damaged records) goes with it
 	}
+	return nil
+}
+
+// deleteConsumed deletes sg, a sealed segment the cursor has passed (a damaged one is set
+// aside as evidence), checkpointing first where the cursor file needs it.
+func (s *Spool) deleteConsumed(sg *seg) error {
+	if sg.sealDone != nil {
+		<-sg.sealDone // never delete a directory a seal is still writing to
+	}
+	if err := s.checkpointBeforeDelete(sg); err != nil {
+		return err
+	}
+	var err error
+	if sg.damaged {
+		err = os.Rename(s.path(sg.name()), s.badPath(sg))
+		s.st.SetAside++
+	} else {
+		err = s.retire(sg.name())
+	}
+	if err != nil {
+		return fmt.Errorf("spool: delete consumed segment %s: %w", sg.name(), err)
+	}
+	s.noteMissing(sg)
+	s.dropSeg(sg) // what it still counts undelivered (damaged records) goes with it
 	return nil
 }
 

@@ -174,7 +174,8 @@
 //     the same way, unless it names the very start of the segment numbered right after the
 //     last one (what the reader writes once it has read the last one): then every segment
 //     is consumed, and nothing is reported (a kill after that checkpoint and before the
-//     deletion leaves it); a cursor into a deleted segment means the start of the next one (never
+//     deletion leaves it), or unless the only segment present is a front segment and the
+//     cursor is exactly its resume cursor (likewise: it has been read); a cursor into a deleted segment means the start of the next one (never
 //     a front segment's: it is checkpointed past one before deleting it); a cursor of an
 //     older version (an entry index) is translated into a byte offset (see The cursor
 //     file), and so is a front segment's resume cursor in a meta file of version 1;
@@ -223,5 +224,9 @@
 // resume cursor, the cursor at that moment: once the front segment is read, reading goes on there, so no stored segment is
 // copied or rewritten. A front segment written while the cursor is inside an earlier one
 // takes over the earlier one's small undelivered rest and resume cursor, and names it in
-// its meta so that Open finishes deleting it after a crash.
+// its meta. Segments between a front segment and the one its resume cursor names are
+// consumed: that earlier front segment, and segments whose deletion KeepConsumed held
+// back until the front segment's checkpoint (the ordered shutdown acknowledges the
+// messages it takes back before Front holds them). Front deletes them after its
+// checkpoint, Open after a crash there, and the reader never reads them.
 package spool

@@ -4,31 +4,55 @@ package spool
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/pelichan/pelichan/segment"
 	"github.com/tidwall/wal"
 )
 
-// finishFront completes a Front interrupted after the cursor moved to the front segment:
-// the segment it replaces is deleted, so its rest is not delivered twice.
+// finishFront completes a Front: it deletes the segments that lie between the front
+// segment the cursor is on and the segment its resume cursor names. They are the earlier
+// front segment it replaced (its undelivered rest is in the new one, so it must not be
+// delivered twice) and segments whose deletion KeepConsumed held back (consumed: they lie
+// before the resume cursor). Front calls it right after its checkpoint; Open calls it to
+// finish a Front interrupted after that checkpoint.
 func (s *Spool) finishFront() error {
-	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg || s.segs[0].meta.replaces == 0 {
+	if len(s.segs) == 0 || s.segs[0].seq != s.acked.Seg {
 		return nil
 	}
-	old := s.segs[0].meta.replaces
-	for _, sg := range s.segs[1:] {
-		if sg.seq == old {
-			if err := s.checkpointBeforeDelete(sg); err != nil {
+	front := s.segs[0]
+	if front.meta.resume.Seg <= front.seq {
+		return nil // not a front segment
+	}
+	for len(s.segs) > 1 && s.segs[1].seq < front.meta.resume.Seg {
+		sg := s.segs[1]
+		if sg.seq != front.meta.replaces {
+			if err := s.deleteConsumed(sg); err != nil {
 				return err
 			}
-			s.dropSeg(sg)
-			if err := s.removeSeg(sg.name()); err != nil {
-				return fmt.Errorf("spool: remove segment %s replaced by %s: %w", sg.name(), s.segs[0].name(), err)
-			}
-			break // dropSeg changed s.segs under this loop
+			continue
+		}
+		// The replaced front segment: nothing of it is missing, its rest was copied.
+		if err := s.checkpointBeforeDelete(sg); err != nil {
+			return err
+		}
+		s.dropSeg(sg)
+		if err := s.removeSeg(sg.name()); err != nil {
+			return fmt.Errorf("spool: remove segment %s replaced by %s: %w", sg.name(), front.name(), err)
 		}
 	}
 	return nil
+}
+
+// KeepConsumed, while on, keeps the spool from deleting consumed segments: Ack moves the
+// cursor, but the segments it passes stay on disk, and no checkpoint is written for their
+// deletion. An owner that acknowledges messages which only a Front is about to hold (an
+// ordered shutdown: the messages taken back from the reader's consumer) turns it on before
+// that Ack: a kill before Front's checkpoint then leaves them where they were, not
+// acknowledged on disk. Front deletes the segments it held back, after its checkpoint;
+// otherwise the first Ack or Close after KeepConsumed(false) does.
+func (s *Spool) KeepConsumed(on bool) {
+	s.keep = on
 }
 
 // Front puts recs in front of everything stored, for shutdown in ordered mode: they are
@@ -72,8 +96,8 @@ func (s *Spool) Front(recs [][]byte) error {
 		sg.meta.resume = Cursor{Seg: base}
 	}
 	var old *seg
-	if len(s.segs) > 0 && s.segs[0].seq == s.acked.Seg && s.segs[0].meta.resume.Seg > s.segs[0].seq {
-		old = s.segs[0]
+	if i := slices.IndexFunc(s.segs, func(sg *seg) bool { return sg.seq == s.acked.Seg }); i >= 0 && s.segs[i].meta.resume.Seg > s.segs[i].seq {
+		old = s.segs[i]
 		rest, err := s.restOf(old)
 		if err != nil {
 			return err
@@ -92,13 +116,14 @@ func (s *Spool) Front(recs [][]byte) error {
 	if err := s.Checkpoint(); err != nil {
 		return err
 	}
-	if old != nil {
-		s.dropSeg(old) // its undelivered rest is counted in the front segment now
-		if err := s.removeSeg(old.name()); err != nil {
-			return fmt.Errorf("spool: front: remove %s: %w", old.name(), err)
-		}
-	}
+	s.keep = false
+	// The earlier front segment, whose undelivered rest the new one holds, and what
+	// KeepConsumed held back (all before the resume cursor) go now.
+	err := s.finishFront()
 	s.resetReader()
+	if err != nil {
+		return fmt.Errorf("spool: front: %w", err)
+	}
 	return nil
 }
 

@@ -574,7 +574,8 @@ func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 		ci.State, c = "missing", first
 	case cerr != nil:
 		ci.State, ci.Error, c = "damaged", cerr.Error()+"; Open reads from the first segment", first
-	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq && !nextStart(c, cver, segs[len(segs)-1].seq):
+	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq && !nextStart(c, cver, segs[len(segs)-1].seq) &&
+		!(len(segs) == 1 && frontRead(c, cver, segs[0].seq, l.metas[segs[0].seq].b)):
 		ci.State = "past-end"
 		ci.Error = fmt.Sprintf("cursor points to segment %020d past the last one; Open reads from the first segment", c.Seg)
 		c = first
@@ -602,15 +603,20 @@ func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 		segs = segs[1:]
 	}
 	// finishFront: a shutdown interrupted after Front moved the cursor to a new front
-	// segment, before it deleted the earlier front segment whose rest the new one holds.
-	if len(segs) > 0 && segs[0].seq == c.Seg && segs[0].meta.replaces != 0 {
-		for i, sg := range segs[1:] {
-			if sg.seq == segs[0].meta.replaces {
-				l.passed[sg.seq] = true
-				l.notes = append(l.notes, fmt.Sprintf("front segment %s was replaced by the front segment %s, which holds its undelivered rest (a shutdown interrupted before it was deleted): Open deletes it", sg.name(), segs[0].name()))
-				segs = slices.Delete(segs, i+1, i+2)
-				break
+	// segment, before it deleted the segments between it and its resume cursor's: the
+	// earlier front segment whose rest the new one holds, and consumed segments kept until
+	// that checkpoint.
+	if len(segs) > 0 && segs[0].seq == c.Seg && segs[0].meta.resume.Seg > segs[0].seq {
+		front := segs[0]
+		for len(segs) > 1 && segs[1].seq < front.meta.resume.Seg {
+			sg := segs[1]
+			l.passed[sg.seq] = true
+			if sg.seq == front.meta.replaces {
+				l.notes = append(l.notes, fmt.Sprintf("front segment %s was replaced by the front segment %s, which holds its undelivered rest (a shutdown interrupted before it was deleted): Open deletes it", sg.name(), front.name()))
+			} else {
+				l.notes = append(l.notes, fmt.Sprintf("segment %s lies before the resume cursor of the front segment %s the cursor is on, so it is consumed (a shutdown interrupted before it was deleted): Open deletes it", sg.name(), front.name()))
 			}
+			segs = slices.Delete(segs, 1, 2)
 		}
 	}
 

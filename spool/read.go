@@ -220,7 +220,9 @@ func (s *Spool) nextSeg(seq uint64) {
 	s.rseg, s.rents, s.rbuf, s.rpos, s.rfrom, s.rskip = nil, nil, nil, 0, 0, 0
 	s.resetStream()
 	for _, sg := range s.segs {
-		if sg.seq > seq {
+		// Past a front segment, a segment before its resume cursor's is consumed (finishFront
+		// deletes it).
+		if sg.seq > seq && (resume.Seg <= seq || sg.seq >= resume.Seg) {
 			s.rseg = sg
 			if sg.seq == resume.Seg {
 				s.rfrom, s.rskip = resume.Index, resume.Offset

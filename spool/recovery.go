@@ -83,7 +83,8 @@ func (s *Spool) load() error {
 		if len(s.segs) > 0 {
 			c = Cursor{Seg: s.segs[0].seq}
 		}
-	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq && !nextStart(c, version, s.segs[len(s.segs)-1].seq):
+	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq && !nextStart(c, version, s.segs[len(s.segs)-1].seq) &&
+		!(len(s.segs) == 1 && frontRead(c, version, s.segs[0].seq, s.readMeta(s.segs[0]))):
 		s.report(fmt.Errorf("%w: spool: cursor points to segment %020d past the last one; reading from the first segment", ErrCorrupt, c.Seg))
 		c = Cursor{Seg: s.segs[0].seq}
 	case version < 3:
@@ -162,6 +163,25 @@ func (s *Spool) load() error {
 	}
 	s.countInBackground()
 	return nil
+}
+
+// frontRead reports whether a cursor file of the given version holds exactly the resume
+// cursor of front segment seq, whose meta file is meta, the only segment present. That is
+// what the reader writes when it has read the front segment; a kill after that checkpoint
+// and before the front segment was deleted leaves it, and then the front segment is
+// consumed. Nothing else writes a cursor past a front segment: an ordered shutdown
+// acknowledges what it takes back with KeepConsumed on, and a cursor file from before the
+// front segment's own checkpoint names at most that cursor (the front segment then holds
+// only messages that were in memory, which a kill there loses by Front's rule).
+func frontRead(c Cursor, version int, seq uint64, meta []byte) bool {
+	m, ok := decodeMeta(meta)
+	return ok && version >= 3 && !m.resumeIndex && m.resume.Seg > seq && m.resume == c
+}
+
+// readMeta returns the first bytes of sg's meta file, nil if there is none.
+func (s *Spool) readMeta(sg *seg) []byte {
+	b, _ := readHead(s.path(sg.name(), metaName), metaSize+1)
+	return b
 }
 
 // nextStart reports whether a cursor file of the given version names the very start of

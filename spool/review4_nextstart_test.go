@@ -15,14 +15,11 @@ import (
 // and answers by reading F again. Here the rename is made to fail (a non-empty
 // F.del.tmp), which leaves the directory as the kill would.
 //
-// Left as is: on disk this state cannot be told from an ordered Close killed after
-// collect's checkpoint {N+1} and before Front's own checkpoint (review3_front_test.go),
-// where F holds messages never delivered. Taking F as consumed would lose those; reading
-// it again repeats these (duplicates, never loss). Set PELICHAN_KNOWN_ISSUES=1 to run it.
+// Open now takes a cursor file holding exactly the resume cursor of a lone front segment
+// as "the front segment is consumed" (frontRead): since ordered shutdowns acknowledge what
+// they take back with KeepConsumed on, no other sequence writes such a cursor file while
+// the front segment holds messages that reached the disk.
 func TestReview4CursorPastLoneFrontSegment(t *testing.T) {
-	if os.Getenv("PELICHAN_KNOWN_ISSUES") == "" {
-		t.Skip("known: a kill between reading a lone front segment and deleting it repeats it")
-	}
 	dir := t.TempDir()
 	opts := Options{SegmentSize: 400, NoSync: true}
 	s := mustOpen(t, dir, opts)

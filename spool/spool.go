@@ -214,6 +214,7 @@ type Spool struct {
 	// meta), so that deliveredBefore does not read it again.
 	lastScan segScan
 	opened   bool // Open has returned
+	keep     bool // KeepConsumed: collect deletes nothing
 
 	st     Stats
 	closed bool
