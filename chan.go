@@ -105,6 +105,7 @@ type batch[T any] struct {
 	upTo   uint64      // bSynced: the last delivery the Sync covers (those handed out before it)
 	pooled bool        // msgs came from freeCh
 	front  bool        // at Close in ordered mode: in front of the backlog
+	onDisk int         // front: how many of msgs are stored and not done on disk but for Front
 	ids    []MsgID     // filled by the disk goroutine: where each message went (zero: refused or lost)
 	refuse []bool      // filled by the compressor: messages refused
 	refErr error       // the first refusal's error
@@ -1138,8 +1139,9 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 			l.reap() // acknowledgements taken before Close count
 		}
 		var back []T // taken back from Out or Deliveries, and deliveries only in memory
+		onDisk := 0  // how many of back are stored and done only once Front holds them
 		if c.acks == nil {
-			back = c.drainOut(l)
+			back, onDisk = c.drainOut(l)
 		} else {
 			// What the consumer did not receive is not acknowledged: handled as any
 			// unacknowledged delivery.
@@ -1152,7 +1154,7 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 		}
 		if len(back) > 0 {
 			// Ordered mode: they are older than everything stored; elsewhere anywhere will do.
-			req.batches = append(req.batches, &batch[T]{kind: bClose, msgs: back, front: c.opts.ordered})
+			req.batches = append(req.batches, &batch[T]{kind: bClose, msgs: back, front: c.opts.ordered, onDisk: onDisk})
 		}
 		req.batches = append(req.batches, l.outq...)
 		if q := l.pending[min(l.ph, len(l.pending)):]; len(q) > 0 {
@@ -1189,7 +1191,8 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 }
 
 // drainOut takes back what waits in Out and returns the messages among them that exist
-// only in memory, to be stored.
+// only in memory, to be stored, and how many of those are stored already (ordered mode,
+// below: they go in front again, and are done where they are only once Front holds them).
 //
 // If the consumer took nothing meanwhile (the loop took as many as Out held), the
 // messages taken back are exactly the last ones handed out: those from the spool are
@@ -1199,9 +1202,8 @@ func (c *Chan[T]) shutdown(l *loopState[T], graceful bool) {
 // assume the consumer took the oldest). In ordered mode, messages that came from memory
 // (even if written since: at the tail) are stored again in front of the backlog, with
 // everything else taken back, to keep the order.
-func (c *Chan[T]) drainOut(l *loopState[T]) []T {
+func (c *Chan[T]) drainOut(l *loopState[T]) (back []T, onDisk int) {
 	held := len(c.out)
-	var back []T
 	for {
 		select {
 		case v := <-c.out:
@@ -1227,7 +1229,7 @@ func (c *Chan[T]) drainOut(l *loopState[T]) []T {
 			for s := t.floor + 1; s <= took; s++ {
 				l.markDone(s)
 			}
-			return mem // the rest stay as they are: not done
+			return mem, 0 // the rest stay as they are: not done
 		}
 	}
 	for s := t.floor + 1; s <= t.sent; s++ {
@@ -1246,11 +1248,12 @@ func (c *Chan[T]) drainOut(l *loopState[T]) []T {
 			l.delta.OnDisk--
 			l.delta.InMemory++
 			l.addDone(f.id)
+			onDisk++
 		}
 		var zero T
 		f.v, f.st = zero, fDone
 	}
 	t.floor = t.sent
 	t.settle()
-	return back
+	return back, onDisk
 }

@@ -1172,9 +1172,11 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	}
 	d.sp.SetExtra(d.tr.encode())
 	for _, b := range front {
-		refused, err := c.storeFront(d, w, b.msgs)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", len(b.msgs), err))
+		refused, err := c.storeFront(d, w, b.msgs, b.onDisk)
+		if lost := len(b.msgs) - b.onDisk; err != nil && lost > 0 {
+			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", lost, err))
+		} else if err != nil {
+			errs = append(errs, fmt.Errorf("pelichan: close: the messages taken back from Out could not be put in front of the backlog; they stay where they were, and are delivered after New: %w", err))
 		} else if refused != nil {
 			errs = append(errs, refused)
 		}
@@ -1320,8 +1322,10 @@ func count(bs []bool) int {
 }
 
 // storeFront encodes the messages taken back from Out (ordered mode) and puts them in front
-// of the backlog. refused, if not nil, says which the codec refused (dropped).
-func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) (refused, err error) {
+// of the backlog. refused, if not nil, says which the codec refused (dropped). onDisk of
+// msgs are stored already: if Front fails, the spool keeps them where they were, not done
+// (see spool.KeepConsumed), and only the others are lost.
+func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T, onDisk int) (refused, err error) {
 	c.startRecord(w, false)
 	var recs [][]byte
 	stored := 0
@@ -1346,7 +1350,11 @@ func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T) (refu
 		recs = append(recs, append([]byte(nil), w.Record()...))
 	}
 	if err := d.sp.Front(recs); err != nil {
-		c.st.update(func(s *Stats) { s.InMemory -= int64(len(msgs)); s.Dropped += int64(len(msgs)) })
+		c.st.update(func(s *Stats) {
+			s.InMemory -= int64(len(msgs))
+			s.Dropped += int64(len(msgs) - onDisk)
+			s.OnDisk += int64(onDisk)
+		})
 		return nil, err
 	}
 	c.st.disk(c.peek(d), func(s *Stats) {

@@ -163,6 +163,17 @@ func (s *Spool) readCursor() (cursorFile, int, error) {
 }
 
 // useSeq records that segment number seq has been used in the directory.
+// before reports whether c names a position before d.
+func (c Cursor) before(d Cursor) bool {
+	if c.Seg != d.Seg {
+		return c.Seg < d.Seg
+	}
+	if c.Index != d.Index {
+		return c.Index < d.Index
+	}
+	return c.Offset < d.Offset
+}
+
 func (s *Spool) useSeq(seq uint64) {
 	s.high = max(s.high, seq)
 	if s.low == 0 || seq < s.low {

@@ -51,8 +51,39 @@ func (s *Spool) finishFront() error {
 // that Ack: a kill before Front's checkpoint then leaves them where they were, not
 // acknowledged on disk. Front deletes the segments it held back, after its checkpoint;
 // otherwise the first Ack or Close after KeepConsumed(false) does.
+//
+// KeepConsumed(false) without a Front in between that wrote its segment (Front failed:
+// a full disk) puts the cursor back where it was at KeepConsumed(true), with the counts
+// of what it passed: those messages are not done on disk, and the next Open delivers
+// them again rather than lose them.
 func (s *Spool) KeepConsumed(on bool) {
-	s.keep = on
+	if on {
+		if !s.keep {
+			s.kept = &keptState{acked: s.acked, undelivered: s.st.Undelivered, delivered: map[*seg]uint64{}}
+			for _, sg := range s.segs {
+				s.kept.delivered[sg] = sg.delivered
+			}
+		}
+		s.keep = true
+		return
+	}
+	if k := s.kept; s.keep && k != nil {
+		s.acked, s.st.Undelivered = k.acked, k.undelivered
+		for _, sg := range s.segs {
+			if d, ok := k.delivered[sg]; ok {
+				sg.delivered = d
+			}
+		}
+		s.resetReader() // what the reader returned since is returned again
+	}
+	s.keep, s.kept = false, nil
+}
+
+// keptState is the cursor and counts at KeepConsumed(true).
+type keptState struct {
+	acked       Cursor
+	undelivered int64
+	delivered   map[*seg]uint64
 }
 
 // Front puts recs in front of everything stored, for shutdown in ordered mode: they are
@@ -113,15 +144,30 @@ func (s *Spool) Front(recs [][]byte) error {
 	s.st.DiskBytes += sg.size
 	s.st.Undelivered += int64(sg.meta.messages)
 	s.acked = Cursor{Seg: sg.seq}
-	if err := s.Checkpoint(); err != nil {
-		return err
+	s.keep, s.kept = false, nil
+	if err := s.Checkpoint(); err == nil {
+		// The earlier front segment, whose undelivered rest the new one holds, and what
+		// KeepConsumed held back (all before the resume cursor) go now. Failing that,
+		// Close tries again (finishSaved), and Open after it: recs are stored either way.
+		_ = s.finishFront()
 	}
-	s.keep = false
-	// The earlier front segment, whose undelivered rest the new one holds, and what
-	// KeepConsumed held back (all before the resume cursor) go now.
-	err := s.finishFront()
+	// A failed checkpoint loses nothing either: the cursor names the front segment in
+	// memory, so collect deletes nothing behind it, and Close checkpoints again. If that
+	// fails too, the cursor file is the one from before Front: it still names the
+	// segments recs came from (KeepConsumed kept them), and Open discards the front
+	// segment. Close reports the failure.
 	s.resetReader()
-	if err != nil {
+	return nil
+}
+
+// finishSaved is finishFront at Close, once the cursor file names the front segment the
+// cursor is on (never before: the segments it deletes are what a cursor file from before
+// the front segment still names).
+func (s *Spool) finishSaved() error {
+	if !s.saved.ok || s.saved.pos != s.acked {
+		return nil
+	}
+	if err := s.finishFront(); err != nil {
 		return fmt.Errorf("spool: front: %w", err)
 	}
 	return nil

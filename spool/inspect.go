@@ -575,7 +575,7 @@ func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 	case cerr != nil:
 		ci.State, ci.Error, c = "damaged", cerr.Error()+"; Open reads from the first segment", first
 	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq && !nextStart(c, cver, segs[len(segs)-1].seq) &&
-		!(len(segs) == 1 && frontRead(c, cver, segs[0].seq, l.metas[segs[0].seq].b)):
+		!l.loneFront(&c, cver, segs):
 		ci.State = "past-end"
 		ci.Error = fmt.Sprintf("cursor points to segment %020d past the last one; Open reads from the first segment", c.Seg)
 		c = first
@@ -632,6 +632,24 @@ func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 		s.nextSeg(s.rseg.seq)
 	}
 	return ci
+}
+
+// loneFront is Open's loneFront for a cursor c past the only segment, a front segment: it
+// reports whether that is no damage, and moves c to the front segment's start when Open
+// reads it.
+func (l *look) loneFront(c *Cursor, cver int, segs []*seg) bool {
+	if len(segs) != 1 {
+		return false
+	}
+	m, ok := decodeMeta(l.metas[segs[0].seq].b)
+	if ok && m.resumeIndex {
+		m.resume, m.resumeIndex = indexToOffsetIn(l.dir, m.resume, maxInspectFile), false
+	}
+	read, fine := loneFront(*c, cver, segs[0].seq, m, ok)
+	if fine && read {
+		*c = Cursor{Seg: segs[0].seq}
+	}
+	return fine
 }
 
 // pastEnd reports whether Open's collect finds cursor c past the last record of sg, the

@@ -238,6 +238,9 @@ func (s *Spool) resetReader() {
 	for _, sg := range s.segs {
 		// Records returned and not acknowledged are returned again.
 		sg.found = sg.delivered - min(sg.deliveredOpen, sg.delivered)
+		if sg.seq >= s.acked.Seg {
+			sg.readDone = false // read again from the cursor on
+		}
 	}
 	s.nextSeg(0)
 	for s.rseg != nil && s.rseg.seq < s.acked.Seg {

@@ -83,8 +83,19 @@ func (s *Spool) load() error {
 		if len(s.segs) > 0 {
 			c = Cursor{Seg: s.segs[0].seq}
 		}
-	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq && !nextStart(c, version, s.segs[len(s.segs)-1].seq) &&
-		!(len(s.segs) == 1 && frontRead(c, version, s.segs[0].seq, s.readMeta(s.segs[0]))):
+	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq && !nextStart(c, version, s.segs[len(s.segs)-1].seq):
+		if len(s.segs) == 1 {
+			m, ok := decodeMeta(s.readMeta(s.segs[0]))
+			if ok && m.resumeIndex {
+				m.resume, m.resumeIndex = s.indexToOffset(m.resume), false
+			}
+			if read, fine := loneFront(c, version, s.segs[0].seq, m, ok); fine {
+				if read {
+					c = Cursor{Seg: s.segs[0].seq}
+				}
+				break
+			}
+		}
 		s.report(fmt.Errorf("%w: spool: cursor points to segment %020d past the last one; reading from the first segment", ErrCorrupt, c.Seg))
 		c = Cursor{Seg: s.segs[0].seq}
 	case version < 3:
@@ -165,17 +176,33 @@ func (s *Spool) load() error {
 	return nil
 }
 
-// frontRead reports whether a cursor file of the given version holds exactly the resume
-// cursor of front segment seq, whose meta file is meta, the only segment present. That is
-// what the reader writes when it has read the front segment; a kill after that checkpoint
-// and before the front segment was deleted leaves it, and then the front segment is
-// consumed. Nothing else writes a cursor past a front segment: an ordered shutdown
-// acknowledges what it takes back with KeepConsumed on, and a cursor file from before the
-// front segment's own checkpoint names at most that cursor (the front segment then holds
-// only messages that were in memory, which a kill there loses by Front's rule).
-func frontRead(c Cursor, version int, seq uint64, meta []byte) bool {
-	m, ok := decodeMeta(meta)
-	return ok && version >= 3 && !m.resumeIndex && m.resume.Seg > seq && m.resume == c
+// loneFront decides a cursor c, from a cursor file of the given version, that lies past
+// the only segment present, front segment seq (m its meta, ok whether that was valid, its
+// resume cursor translated into a byte offset). fine says it is no damage:
+//   - c is exactly the resume cursor: what the reader writes when it has read the front
+//     segment; a kill after that checkpoint and before the front segment was deleted
+//     leaves it. The front segment is consumed (read false).
+//   - c lies before the resume cursor: an ordered shutdown was killed after writing the
+//     front segment and before its checkpoint, the cursor file older than it (the
+//     messages taken back from the spool are in the segments that cursor names, kept
+//     until that checkpoint: see KeepConsumed; those gone were consumed). The front
+//     segment holds only messages that were in memory: it is read (read true), which
+//     delivers them, none twice.
+//
+// Nothing else writes such a cursor while the front segment holds messages that reached
+// the disk. Any other cursor past it (further past the resume cursor, an older version) is
+// damage.
+func loneFront(c Cursor, version int, seq uint64, m segMeta, ok bool) (read, fine bool) {
+	if !ok || version < 3 || m.resume.Seg <= seq {
+		return false, false
+	}
+	switch {
+	case c == m.resume:
+		return false, true
+	case c.before(m.resume):
+		return true, true
+	}
+	return false, false
 }
 
 // readMeta returns the first bytes of sg's meta file, nil if there is none.

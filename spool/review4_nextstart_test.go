@@ -16,7 +16,7 @@ import (
 // F.del.tmp), which leaves the directory as the kill would.
 //
 // Open now takes a cursor file holding exactly the resume cursor of a lone front segment
-// as "the front segment is consumed" (frontRead): since ordered shutdowns acknowledge what
+// as "the front segment is consumed" (loneFront): since ordered shutdowns acknowledge what
 // they take back with KeepConsumed on, no other sequence writes such a cursor file while
 // the front segment holds messages that reached the disk.
 func TestReview4CursorPastLoneFrontSegment(t *testing.T) {

@@ -213,8 +213,9 @@ type Spool struct {
 	// lastScan is what Open's loadSeg last found reading a segment file (one without
 	// meta), so that deliveredBefore does not read it again.
 	lastScan segScan
-	opened   bool // Open has returned
-	keep     bool // KeepConsumed: collect deletes nothing
+	opened   bool       // Open has returned
+	keep     bool       // KeepConsumed: collect deletes nothing
+	kept     *keptState // the cursor and counts at KeepConsumed(true), until a Front
 
 	st     Stats
 	closed bool
@@ -355,7 +356,8 @@ func (s *Spool) Close() error {
 	}
 	s.bg.Wait()
 	errs = append(errs, s.syncFailed(), s.collect(), s.Checkpoint())
-	s.bg.Wait() // what collect retired
+	errs = append(errs, s.finishSaved())
+	s.bg.Wait() // what collect and finishSaved retired
 	s.closed = true
 	s.rbuf, s.rents = nil, nil
 	s.resetStream()

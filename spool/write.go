@@ -113,6 +113,17 @@ func (s *Spool) nextSeq() uint64 {
 		if sg.meta.replaces >= seq {
 			seq = sg.meta.replaces + 1
 		}
+		// Nor number one between a front segment and its resume cursor's: the reader skips
+		// from the front segment to the resume cursor, and finishFront deletes what lies
+		// between (a cursor file that lost its marks, a damaged one, leaves nothing else
+		// on disk that says those numbers were used).
+		if r := sg.meta.resume; r.Seg > sg.seq {
+			need := r.Seg
+			if r.Index != 0 || r.Offset != 0 {
+				need++ // a segment of that number would be read from the resume offset on
+			}
+			seq = max(seq, need)
+		}
 	}
 	return seq
 }
