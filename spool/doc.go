@@ -228,5 +228,7 @@
 // consumed: that earlier front segment, and segments whose deletion KeepConsumed held
 // back until the front segment's checkpoint (the ordered shutdown acknowledges the
 // messages it takes back before Front holds them). Front deletes them after its
-// checkpoint, Open after a crash there, and the reader never reads them.
+// checkpoint (Close tries again if that failed), Open after a crash there, and the reader
+// never reads them. New segments are never numbered between a front segment and its
+// resume cursor's segment.
 package spool

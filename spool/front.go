@@ -95,6 +95,10 @@ type keptState struct {
 // the resume cursor carried over, and the earlier one deleted; its number is recorded so
 // that Open finishes the deletion after a crash. Until the cursor moves, the new segment
 // lies behind it and Open discards it (recs were in memory only). Call Close next.
+//
+// Once the segment is written, Front returns nil: a failed checkpoint, or a failed
+// deletion of what the segment makes obsolete (see finishFront), is tried again by Close,
+// which reports it, and by Open.
 func (s *Spool) Front(recs [][]byte) error {
 	if s.closed {
 		return ErrClosed
