@@ -1165,25 +1165,41 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	// front segment's checkpoint (Front deletes them then).
 	d.sp.KeepConsumed(len(front) > 0)
 	c.advance(d)
+	var frontDone func(off uint64, i int) bool
 	if cur := d.sp.Cursor(); len(front) > 0 && cur.Seg < spool.FirstSeq {
 		// The cursor is in an earlier front segment: the new one takes over its rest
-		// (what the cursor's offset does not cover) and it is deleted.
+		// (what the cursor's offset does not cover, less what was acknowledged out of
+		// order) and it is deleted.
+		frontDone = d.tr.doneIn(cur.Seg)
 		d.tr.dropSeg(cur.Seg)
 	}
 	d.sp.SetExtra(d.tr.encode())
+	unsaved := int64(0) // in front segments, from memory: lost if no checkpoint names them
 	for _, b := range front {
-		refused, err := c.storeFront(d, w, b.msgs, b.onDisk)
-		if lost := len(b.msgs) - b.onDisk; err != nil && lost > 0 {
-			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", lost, err))
-		} else if err != nil {
-			errs = append(errs, fmt.Errorf("pelichan: close: the messages taken back from Out could not be put in front of the backlog; they stay where they were, and are delivered after New: %w", err))
+		refused, err := c.storeFront(d, w, b.msgs, frontDone)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", len(b.msgs), err))
+			continue
 		} else if refused != nil {
 			errs = append(errs, refused)
 		}
+		unsaved = int64(len(b.msgs) - b.onDisk) // the last front segment holds them all
 	}
 	d.sp.KeepConsumed(false)
 	if err := d.sp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("pelichan: close: %w", err))
+	}
+	if unsaved > 0 && !d.sp.Saved() {
+		// The front segment is written, but no cursor file names it (Front's checkpoint
+		// and Close's failed): Open discards it. What it holds that was stored before is
+		// still where it was (the cursor file is the one from before); what came from
+		// memory is lost.
+		c.st.update(func(s *Stats) {
+			k := min(unsaved, max(s.OnDisk, 0))
+			s.OnDisk -= k
+			s.Dropped += k
+		})
+		errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: their front segment was written, but the cursor file naming it could not be", unsaved))
 	}
 	c.takeMissing(d) // segments the last collects deleted
 	c.st.disk(c.peek(d), nil)
@@ -1322,10 +1338,8 @@ func count(bs []bool) int {
 }
 
 // storeFront encodes the messages taken back from Out (ordered mode) and puts them in front
-// of the backlog. refused, if not nil, says which the codec refused (dropped). onDisk of
-// msgs are stored already: if Front fails, the spool keeps them where they were, not done
-// (see spool.KeepConsumed), and only the others are lost.
-func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T, onDisk int) (refused, err error) {
+// of the backlog. refused, if not nil, says which the codec refused (dropped).
+func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T, done func(off uint64, i int) bool) (refused, err error) {
 	c.startRecord(w, false)
 	var recs [][]byte
 	stored := 0
@@ -1349,12 +1363,8 @@ func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T, onDis
 		stored += n
 		recs = append(recs, append([]byte(nil), w.Record()...))
 	}
-	if err := d.sp.Front(recs); err != nil {
-		c.st.update(func(s *Stats) {
-			s.InMemory -= int64(len(msgs))
-			s.Dropped += int64(len(msgs) - onDisk)
-			s.OnDisk += int64(onDisk)
-		})
+	if err := d.sp.FrontExcept(recs, done); err != nil {
+		c.st.update(func(s *Stats) { s.InMemory -= int64(len(msgs)); s.Dropped += int64(len(msgs)) })
 		return nil, err
 	}
 	c.st.disk(c.peek(d), func(s *Stats) {

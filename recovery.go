@@ -358,6 +358,28 @@ func (t *tracker) advance() (spool.Cursor, bool) {
 	return c, true
 }
 
+// doneIn returns what the tracker knows to be done of the records of segment seq that the
+// reader reached this session: done(off, i) for message i of the record at byte offset off.
+// It is a copy: dropSeg may follow. (What the cursor file marked done in records not
+// reached yet is left out: delivered again, never lost.)
+func (t *tracker) doneIn(seq uint64) func(off uint64, i int) bool {
+	m := map[uint64]*recState{}
+	for _, r := range t.recs {
+		if r.key.seg == seq {
+			m[r.key.index] = r
+		}
+	}
+	for k, r := range t.ahead {
+		if k.seg == seq {
+			m[k.index] = r
+		}
+	}
+	return func(off uint64, i int) bool {
+		r := m[off]
+		return r != nil && r.isDone(i)
+	}
+}
+
 // dropSeg forgets the records of segment seq.
 func (t *tracker) dropSeg(seq uint64) {
 	t.recs = slices.DeleteFunc(t.recs, func(r *recState) bool { return r.key.seg == seq })

@@ -255,6 +255,12 @@ func (s *Spool) checkpointBeforeDelete(sg *seg) error {
 	return nil
 }
 
+// Saved reports whether the cursor file holds the acknowledged cursor as it is now (the
+// last checkpoint, or Close's, wrote it). It may be called after Close.
+func (s *Spool) Saved() bool {
+	return s.saved.ok && s.saved.pos == s.acked
+}
+
 // Checkpoint persists the acknowledged cursor and the extra bytes (see SetExtra):
 // atomically, fsynced unless NoSync. It writes nothing when neither changed since the
 // last checkpoint, so it is cheap to call often.

@@ -50,40 +50,9 @@ func (s *Spool) finishFront() error {
 // ordered shutdown: the messages taken back from the reader's consumer) turns it on before
 // that Ack: a kill before Front's checkpoint then leaves them where they were, not
 // acknowledged on disk. Front deletes the segments it held back, after its checkpoint;
-// otherwise the first Ack or Close after KeepConsumed(false) does.
-//
-// KeepConsumed(false) without a Front in between that wrote its segment (Front failed:
-// a full disk) puts the cursor back where it was at KeepConsumed(true), with the counts
-// of what it passed: those messages are not done on disk, and the next Open delivers
-// them again rather than lose them.
+// otherwise (Front failed) the first Ack or Close after KeepConsumed(false) does.
 func (s *Spool) KeepConsumed(on bool) {
-	if on {
-		if !s.keep {
-			s.kept = &keptState{acked: s.acked, undelivered: s.st.Undelivered, delivered: map[*seg]uint64{}}
-			for _, sg := range s.segs {
-				s.kept.delivered[sg] = sg.delivered
-			}
-		}
-		s.keep = true
-		return
-	}
-	if k := s.kept; s.keep && k != nil {
-		s.acked, s.st.Undelivered = k.acked, k.undelivered
-		for _, sg := range s.segs {
-			if d, ok := k.delivered[sg]; ok {
-				sg.delivered = d
-			}
-		}
-		s.resetReader() // what the reader returned since is returned again
-	}
-	s.keep, s.kept = false, nil
-}
-
-// keptState is the cursor and counts at KeepConsumed(true).
-type keptState struct {
-	acked       Cursor
-	undelivered int64
-	delivered   map[*seg]uint64
+	s.keep = on
 }
 
 // Front puts recs in front of everything stored, for shutdown in ordered mode: they are
@@ -100,6 +69,14 @@ type keptState struct {
 // deletion of what the segment makes obsolete (see finishFront), is tried again by Close,
 // which reports it, and by Open.
 func (s *Spool) Front(recs [][]byte) error {
+	return s.FrontExcept(recs, nil)
+}
+
+// FrontExcept is Front, leaving out of the earlier front segment's rest that it copies
+// the messages done reports done (acknowledged out of order, which the cursor's offset
+// does not cover): done(off, i) for message i of the record at byte offset off. done may
+// be nil.
+func (s *Spool) FrontExcept(recs [][]byte, done func(off uint64, i int) bool) error {
 	if s.closed {
 		return ErrClosed
 	}
@@ -133,7 +110,7 @@ func (s *Spool) Front(recs [][]byte) error {
 	var old *seg
 	if i := slices.IndexFunc(s.segs, func(sg *seg) bool { return sg.seq == s.acked.Seg }); i >= 0 && s.segs[i].meta.resume.Seg > s.segs[i].seq {
 		old = s.segs[i]
-		rest, err := s.restOf(old)
+		rest, err := s.restOf(old, done)
 		if err != nil {
 			return err
 		}
@@ -148,7 +125,7 @@ func (s *Spool) Front(recs [][]byte) error {
 	s.st.DiskBytes += sg.size
 	s.st.Undelivered += int64(sg.meta.messages)
 	s.acked = Cursor{Seg: sg.seq}
-	s.keep, s.kept = false, nil
+	s.keep = false
 	if err := s.Checkpoint(); err == nil {
 		// The earlier front segment, whose undelivered rest the new one holds, and what
 		// KeepConsumed held back (all before the resume cursor) go now. Failing that,
@@ -177,8 +154,9 @@ func (s *Spool) finishSaved() error {
 	return nil
 }
 
-// restOf returns the undelivered records of sg, the cursor's (front) segment.
-func (s *Spool) restOf(sg *seg) ([][]byte, error) {
+// restOf returns the undelivered records of sg, the cursor's (front) segment: from the
+// cursor on, less the messages done reports done (done may be nil).
+func (s *Spool) restOf(sg *seg, done func(off uint64, i int) bool) ([][]byte, error) {
 	buf, err := readSegFile(s.path(sg.name(), walFile), s.opts.maxSegmentFile())
 	if err != nil {
 		return nil, fmt.Errorf("spool: front: %w", err)
@@ -186,25 +164,42 @@ func (s *Spool) restOf(sg *seg) ([][]byte, error) {
 	ents, _, _ := scanFile(buf)
 	var rest [][]byte
 	for _, e := range ents {
+		off := uint64(e.offset)
+		from := 0
 		switch {
-		case uint64(e.offset) > s.acked.Index || (uint64(e.offset) == s.acked.Index && s.acked.Offset == 0):
+		case off > s.acked.Index || (off == s.acked.Index && s.acked.Offset == 0):
+		case off == s.acked.Index && int(s.acked.Offset) < e.hdr.Count:
+			from = int(s.acked.Offset)
+		default:
+			continue
+		}
+		keep := func(i int) bool { return done == nil || !done(off, i) }
+		whole := from == 0
+		for i := from; whole && i < e.hdr.Count; i++ {
+			whole = keep(i)
+		}
+		if whole {
 			rest = append(rest, e.data)
-		case uint64(e.offset) == s.acked.Index && int(s.acked.Offset) < e.hdr.Count:
-			r := segment.NewReader()
-			b, err := r.Decode(e.data)
-			if err != nil {
-				r.Close()
-				continue // reported when it was read
-			}
-			w := segment.NewWriter(e.hdr.RawLen)
-			w.SetTime(e.hdr.Time)
-			for i := int(s.acked.Offset); i < b.Count; i++ {
+			continue
+		}
+		r := segment.NewReader()
+		b, err := r.Decode(e.data)
+		if err != nil {
+			r.Close()
+			continue // reported when it was read
+		}
+		w := segment.NewWriter(e.hdr.RawLen)
+		w.SetTime(e.hdr.Time)
+		for i := from; i < b.Count; i++ {
+			if keep(i) {
 				w.AddBytes(b.Message(i))
 			}
-			rest = append(rest, append([]byte(nil), w.Record()...))
-			w.Close()
-			r.Close()
 		}
+		if w.Len() > 0 {
+			rest = append(rest, append([]byte(nil), w.Record()...))
+		}
+		w.Close()
+		r.Close()
 	}
 	return rest, nil
 }

@@ -213,9 +213,8 @@ type Spool struct {
 	// lastScan is what Open's loadSeg last found reading a segment file (one without
 	// meta), so that deliveredBefore does not read it again.
 	lastScan segScan
-	opened   bool       // Open has returned
-	keep     bool       // KeepConsumed: collect deletes nothing
-	kept     *keptState // the cursor and counts at KeepConsumed(true), until a Front
+	opened   bool // Open has returned
+	keep     bool // KeepConsumed: collect deletes nothing
 
 	st     Stats
 	closed bool
