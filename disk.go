@@ -1166,24 +1166,32 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	d.sp.KeepConsumed(len(front) > 0)
 	c.advance(d)
 	var frontDone func(off uint64, i int) bool
+	earlier := uint64(0) // the earlier front segment the cursor is in, if it is
 	if cur := d.sp.Cursor(); len(front) > 0 && cur.Seg < spool.FirstSeq {
-		// The cursor is in an earlier front segment: the new one takes over its rest
-		// (what the cursor's offset does not cover, less what was acknowledged out of
-		// order) and it is deleted.
+		// The new front segment takes over its rest (what the cursor's offset does not
+		// cover, less what was acknowledged out of order) and it is deleted. Its done
+		// sets are forgotten only once that happened: if no front segment replaces it (a
+		// Front that failed, or had nothing to write), they still say what of it is done.
+		earlier = cur.Seg
 		frontDone = d.tr.doneIn(cur.Seg)
-		d.tr.dropSeg(cur.Seg)
 	}
 	d.sp.SetExtra(d.tr.encode())
-	unsaved := int64(0) // in front segments, from memory: lost if no checkpoint names them
+	unsaved := int64(0) // in the front segment, from memory: lost if no checkpoint names it
 	for _, b := range front {
-		refused, err := c.storeFront(d, w, b.msgs, frontDone)
+		stored, refused, err := c.storeFront(d, w, b.msgs, frontDone)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("pelichan: close: %d messages taken back from Out could not be stored: %w", len(b.msgs), err))
 			continue
 		} else if refused != nil {
 			errs = append(errs, refused)
 		}
-		unsaved = int64(len(b.msgs) - b.onDisk) // the last front segment holds them all
+		// Those the codec refused were never stored (counted Dropped already): they are
+		// among those from memory.
+		unsaved = int64(max(stored-b.onDisk, 0))
+	}
+	if earlier != 0 && d.sp.Cursor().Seg < earlier {
+		d.tr.dropSeg(earlier) // replaced
+		d.sp.SetExtra(d.tr.encode())
 	}
 	d.sp.KeepConsumed(false)
 	if err := d.sp.Close(); err != nil {
@@ -1338,11 +1346,12 @@ func count(bs []bool) int {
 }
 
 // storeFront encodes the messages taken back from Out (ordered mode) and puts them in front
-// of the backlog. refused, if not nil, says which the codec refused (dropped).
-func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T, done func(off uint64, i int) bool) (refused, err error) {
+// of the backlog (with the rest of an earlier front segment the cursor is in, less what
+// done says is done). stored is how many of msgs the front segment holds; refused, if not
+// nil, says how many the codec refused (dropped).
+func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T, done func(off uint64, i int) bool) (stored int, refused, err error) {
 	c.startRecord(w, false)
 	var recs [][]byte
-	stored := 0
 	flush := func() {
 		stored += w.Len()
 		recs = append(recs, append([]byte(nil), w.Record()...))
@@ -1365,7 +1374,7 @@ func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T, done 
 	}
 	if err := d.sp.FrontExcept(recs, done); err != nil {
 		c.st.update(func(s *Stats) { s.InMemory -= int64(len(msgs)); s.Dropped += int64(len(msgs)) })
-		return nil, err
+		return 0, nil, err
 	}
 	c.st.disk(c.peek(d), func(s *Stats) {
 		s.Spilled += int64(stored)
@@ -1374,7 +1383,7 @@ func (c *Chan[T]) storeFront(d *diskState[T], w *segment.Writer, msgs []T, done 
 		s.Dropped += int64(nRefused)
 	})
 	if nRefused > 0 {
-		return closeRefused(nRefused, first), nil
+		return stored, closeRefused(nRefused, first), nil
 	}
-	return nil, nil
+	return stored, nil, nil
 }
