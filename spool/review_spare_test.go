@@ -105,7 +105,7 @@ func withinT(t *testing.T, d time.Duration, what string, f func()) {
 // returns, appends go on; what was appended is read back once; no position is used
 // twice; no goroutine is left behind.
 func TestReviewSpareENOSPC(t *testing.T) {
-	mnt := mountTmpfs(t, 40)
+	mnt := mountTmpfs(t, 48) // the cursor file Open writes, and Close's temp file, need two
 	base := runtime.NumGoroutine()
 	dir := filepath.Join(mnt, "spool")
 	s := mustOpen(t, dir, Options{SegmentSize: 400})
