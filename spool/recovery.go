@@ -172,20 +172,24 @@ func (s *Spool) load() error {
 	if err := s.countBacklog(); err != nil {
 		return err
 	}
-	if errors.Is(cerr, fs.ErrNotExist) {
-		// No cursor file: a new spool, or one whose first checkpoint never came. One is
-		// written now, naming where reading starts (or where the first segment will
-		// begin), so that a front segment written later lies behind the cursor file until
-		// its own checkpoint, as Front's rule needs. Without it, a kill before that
-		// checkpoint left a spool Open read from its first segment, the front segment,
-		// and delivered its messages twice (again from the copies written while they
-		// waited in Out).
+	if cerr != nil || s.acked.Seg == 0 {
+		// No cursor file (a new spool, or one whose first checkpoint never came), a damaged
+		// one, or one naming no segment (what Close wrote on an empty spool before this
+		// rule): one is written now, naming where reading starts (or where the first
+		// segment will begin), so that a front segment written later lies behind the
+		// cursor file until its own checkpoint, as Front's rule needs. Without it, a kill
+		// before that checkpoint left a spool Open read from its first segment, the front
+		// segment, and delivered its messages twice (again from the copies written while
+		// they waited in Out). Best effort: a full disk must not make Open fail (without
+		// the file, such a kill may repeat, never lose).
 		if s.acked.Seg == 0 {
-			s.acked = Cursor{Seg: s.nextSeq()}
+			if len(s.segs) > 0 {
+				s.acked = Cursor{Seg: s.segs[0].seq}
+			} else {
+				s.acked = Cursor{Seg: s.nextSeq()}
+			}
 		}
-		if err := s.checkpoint(); err != nil {
-			return err
-		}
+		_ = s.checkpoint()
 	}
 	s.countInBackground()
 	return nil
