@@ -170,9 +170,10 @@
 //   - a segment that cannot be read at all, or whose file is larger than a segment can
 //     grow (see Reading), is renamed NAME.bad and reported;
 //   - a missing or damaged cursor means reading from the first segment (duplicates, never
-//     loss), with no extra bytes; a missing one is written at once (on a new spool, naming
-//     where the first segment will begin), so that a front segment is never the first
-//     thing read for want of a cursor file; a cursor past the last segment is reported and treated
+//     loss), with no extra bytes; a missing or damaged one, or one naming no segment, is
+//     replaced at once (best effort; on a new spool it names where the first segment will
+//     begin), so that a front segment is never the first thing read for want of a cursor
+//     file; a cursor past the last segment is reported and treated
 //     the same way, unless it names the very start of the segment numbered right after the
 //     last one (what the reader writes once it has read the last one): then every segment
 //     is consumed, and nothing is reported (a kill after that checkpoint and before the
