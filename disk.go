@@ -1199,9 +1199,10 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	}
 	if unsaved > 0 && !d.sp.Saved() {
 		// The front segment is written, but no cursor file names it (Front's checkpoint
-		// and Close's failed): Open discards it. What it holds that was stored before is
-		// still where it was (the cursor file is the one from before); what came from
-		// memory is lost.
+		// and Close's failed): Open discards it (unless it is alone past the stale cursor:
+		// then it is read, and these were counted Dropped too soon). What it holds that
+		// was stored before is still where it was (the cursor file is the one from
+		// before); what came from memory is lost.
 		c.st.update(func(s *Stats) {
 			k := min(unsaved, max(s.OnDisk, 0))
 			s.OnDisk -= k

@@ -162,7 +162,6 @@ func (s *Spool) readCursor() (cursorFile, int, error) {
 	return readCursorPath(s.path(cursorName))
 }
 
-// useSeq records that segment number seq has been used in the directory.
 // before reports whether c names a position before d.
 func (c Cursor) before(d Cursor) bool {
 	if c.Seg != d.Seg {
@@ -174,6 +173,7 @@ func (c Cursor) before(d Cursor) bool {
 	return c.Offset < d.Offset
 }
 
+// useSeq records that segment number seq has been used in the directory.
 func (s *Spool) useSeq(seq uint64) {
 	s.high = max(s.high, seq)
 	if s.low == 0 || seq < s.low {

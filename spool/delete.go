@@ -107,7 +107,7 @@ func (s *Spool) collect() error {
 				s.acked = r
 			}
 		}
-		if err := s.deleteConsumed(sg); err != nil {
+		if err := s.deleteConsumed(sg, true); err != nil {
 			return err
 		}
 	}
@@ -115,8 +115,10 @@ func (s *Spool) collect() error {
 }
 
 // deleteConsumed deletes sg, a sealed segment the cursor has passed (a damaged one is set
-// aside as evidence), checkpointing first where the cursor file needs it.
-func (s *Spool) deleteConsumed(sg *seg) error {
+// aside as evidence), checkpointing first where the cursor file needs it. missing says
+// whether what the reader did not find in it is missing (see noteMissing); not for a front
+// segment a new one replaced, whose rest that one holds.
+func (s *Spool) deleteConsumed(sg *seg, missing bool) error {
 	if sg.sealDone != nil {
 		<-sg.sealDone // never delete a directory a seal is still writing to
 	}
@@ -133,7 +135,9 @@ func (s *Spool) deleteConsumed(sg *seg) error {
 	if err != nil {
 		return fmt.Errorf("spool: delete consumed segment %s: %w", sg.name(), err)
 	}
-	s.noteMissing(sg)
+	if missing {
+		s.noteMissing(sg)
+	}
 	s.dropSeg(sg) // what it still counts undelivered (damaged records) goes with it
 	return nil
 }

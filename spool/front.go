@@ -25,20 +25,10 @@ func (s *Spool) finishFront() error {
 		return nil // not a front segment
 	}
 	for len(s.segs) > 1 && s.segs[1].seq < front.meta.resume.Seg {
-		sg := s.segs[1]
-		if sg.seq != front.meta.replaces {
-			if err := s.deleteConsumed(sg); err != nil {
-				return err
-			}
-			continue
-		}
 		// The replaced front segment: nothing of it is missing, its rest was copied.
-		if err := s.checkpointBeforeDelete(sg); err != nil {
+		sg := s.segs[1]
+		if err := s.deleteConsumed(sg, sg.seq != front.meta.replaces); err != nil {
 			return err
-		}
-		s.dropSeg(sg)
-		if err := s.removeSeg(sg.name()); err != nil {
-			return fmt.Errorf("spool: remove segment %s replaced by %s: %w", sg.name(), front.name(), err)
 		}
 	}
 	return nil
@@ -145,7 +135,7 @@ func (s *Spool) FrontExcept(recs [][]byte, done func(off uint64, i int) bool) er
 // cursor is on (never before: the segments it deletes are what a cursor file from before
 // the front segment still names).
 func (s *Spool) finishSaved() error {
-	if !s.saved.ok || s.saved.pos != s.acked {
+	if !s.Saved() {
 		return nil
 	}
 	if err := s.finishFront(); err != nil {

@@ -574,8 +574,7 @@ func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 		ci.State, c = "missing", first
 	case cerr != nil:
 		ci.State, ci.Error, c = "damaged", cerr.Error()+"; Open reads from the first segment", first
-	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq && !nextStart(c, cver, segs[len(segs)-1].seq) &&
-		!l.loneFront(&c, cver, segs):
+	case len(segs) > 0 && c.Seg > segs[len(segs)-1].seq && !l.pastLast(&c, cver, segs):
 		ci.State = "past-end"
 		ci.Error = fmt.Sprintf("cursor points to segment %020d past the last one; Open reads from the first segment", c.Seg)
 		c = first
@@ -634,20 +633,18 @@ func (l *look) plan(c Cursor, cver int, cerr error) CursorInfo {
 	return ci
 }
 
-// loneFront is Open's loneFront for a cursor c past the only segment, a front segment: it
-// reports whether that is no damage, and moves c to the front segment's start when Open
-// reads it.
-func (l *look) loneFront(c *Cursor, cver int, segs []*seg) bool {
-	if len(segs) != 1 {
-		return false
+// pastLast is Open's rule for a cursor c past the last segment (see pastLast): it reports
+// whether that is no damage, and then moves c to where Open reads from.
+func (l *look) pastLast(c *Cursor, cver int, segs []*seg) bool {
+	var only uint64
+	var meta []byte
+	if len(segs) == 1 {
+		only, meta = segs[0].seq, l.metas[segs[0].seq].b
 	}
-	m, ok := decodeMeta(l.metas[segs[0].seq].b)
-	if ok && m.resumeIndex {
-		m.resume, m.resumeIndex = indexToOffsetIn(l.dir, m.resume, maxInspectFile), false
-	}
-	read, fine := loneFront(*c, cver, segs[0].seq, m, ok)
-	if fine && read {
-		*c = Cursor{Seg: segs[0].seq}
+	translate := func(r Cursor) Cursor { return indexToOffsetIn(l.dir, r, maxInspectFile) }
+	at, fine := pastLast(*c, cver, segs[len(segs)-1].seq, only, meta, translate)
+	if fine {
+		*c = at
 	}
 	return fine
 }

@@ -83,18 +83,15 @@ func (s *Spool) load() error {
 		if len(s.segs) > 0 {
 			c = Cursor{Seg: s.segs[0].seq}
 		}
-	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq && !nextStart(c, version, s.segs[len(s.segs)-1].seq):
+	case len(s.segs) > 0 && c.Seg > s.segs[len(s.segs)-1].seq:
+		var only uint64
+		var meta []byte
 		if len(s.segs) == 1 {
-			m, ok := decodeMeta(s.readMeta(s.segs[0]))
-			if ok && m.resumeIndex {
-				m.resume, m.resumeIndex = s.indexToOffset(m.resume), false
-			}
-			if read, fine := loneFront(c, version, s.segs[0].seq, m, ok); fine {
-				if read {
-					c = Cursor{Seg: s.segs[0].seq}
-				}
-				break
-			}
+			only, meta = s.segs[0].seq, s.readMeta(s.segs[0])
+		}
+		if at, fine := pastLast(c, version, s.segs[len(s.segs)-1].seq, only, meta, s.indexToOffset); fine {
+			c = at
+			break
 		}
 		s.report(fmt.Errorf("%w: spool: cursor points to segment %020d past the last one; reading from the first segment", ErrCorrupt, c.Seg))
 		c = Cursor{Seg: s.segs[0].seq}
@@ -193,6 +190,29 @@ func (s *Spool) load() error {
 	}
 	s.countInBackground()
 	return nil
+}
+
+// pastLast decides a cursor c, from a cursor file of the given version, that lies past the
+// last segment present, last (Open and spoolinspect's plan both use it). only is that
+// segment's number if it is the only one (else 0), meta its meta file, translate what turns
+// a version 1 meta's resume entry index into a byte offset. fine says it is no damage (see
+// nextStart, loneFront); at is then where reading starts.
+func pastLast(c Cursor, version int, last, only uint64, meta []byte, translate func(Cursor) Cursor) (at Cursor, fine bool) {
+	if nextStart(c, version, last) {
+		return c, true
+	}
+	if only == 0 {
+		return c, false
+	}
+	m, ok := decodeMeta(meta)
+	if ok && m.resumeIndex {
+		m.resume, m.resumeIndex = translate(m.resume), false
+	}
+	read, fine := loneFront(c, version, only, m, ok)
+	if fine && read {
+		c = Cursor{Seg: only}
+	}
+	return c, fine
 }
 
 // loneFront decides a cursor c, from a cursor file of the given version, that lies past
