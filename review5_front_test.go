@@ -22,28 +22,7 @@ func TestReview5OrderedCloseFinishFrontFails(t *testing.T) {
 		WithLinger(2 * time.Millisecond), WithSync(SyncNever)}
 	src := make(chan string)
 	c := open(t, dir, src, opts...)
-	var sent, got []string
-	for i := 0; i < 1000; i++ {
-		m := msg("f-", i)
-		sent = append(sent, m)
-		akSend(t, src, m, 5*time.Second) // consumer stalled: spilled
-	}
-	time.Sleep(100 * time.Millisecond)
-	for len(got) < 700 {
-		select {
-		case m := <-c.Out():
-			got = append(got, m)
-		case <-time.After(5 * time.Second):
-			t.Fatalf("no message within 5s after %d", len(got))
-		}
-	}
-	time.Sleep(100 * time.Millisecond) // Out refilled from disk: 300 left
-	for i := 1000; i < 1010; i++ {     // handed out from memory behind them
-		m := msg("f-", i)
-		sent = append(sent, m)
-		akSend(t, src, m, 5*time.Second)
-	}
-	time.Sleep(100 * time.Millisecond)
+	sent, got, _ := outFromDisk(t, c, src, "f-")
 	// Every segment present may be kept: make its deletion fail.
 	names, _ := os.ReadDir(dir)
 	var blocked []string

@@ -136,29 +136,9 @@ func TestReview6FrontFailsDoneDelivered(t *testing.T) {
 		WithLinger(time.Minute), WithSync(SyncNever), WithErrorHandler(func(error) {})}
 	src := make(chan string)
 	c := open(t, dir, src, opts...)
-	var got []string
-	for i := 0; i < 1000; i++ {
-		akSend(t, src, msg("d-", i), 5*time.Second) // consumer stalled: spilled
-	}
-	time.Sleep(100 * time.Millisecond)
-	recv := func(n int) {
-		for len(got) < n {
-			select {
-			case m := <-c.Out():
-				got = append(got, m)
-			case <-time.After(5 * time.Second):
-				t.Fatalf("no message within 5s after %d", len(got))
-			}
-		}
-	}
-	recv(700)
-	time.Sleep(100 * time.Millisecond) // Out refilled from disk: 300 left
-	for i := 1000; i < 1010; i++ {     // handed out from memory behind them
-		akSend(t, src, msg("d-", i), 5*time.Second)
-	}
-	time.Sleep(100 * time.Millisecond)
+	_, _, recv := outFromDisk(t, c, src, "d-")
 	unblock := review6BlockFront(t, dir)
-	recv(750) // taken by the consumer just before Close: done
+	got := recv(750) // taken by the consumer just before Close: done
 	cerr := akClose(t, c)
 	st := c.Stats()
 	unblock()
