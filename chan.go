@@ -8,7 +8,10 @@
 // while src still has room, instead of spending its CPU on compressing and reading back
 // what it takes a moment later; the producer waits on it for one millisecond at most. In
 // unordered mode, new messages go to the consumer before the backlog read back from disk
-// (at least one in eight from the backlog while both wait).
+// (at least one in eight from the backlog while both wait), and a full pending batch is
+// written without its newest half batch, which stays for the consumer: so a consumer
+// draining a backlog while new messages arrive takes many of them straight from memory,
+// and fewer go through the compressors.
 //
 // A message is done when the consumer received it from Out or, with WithAcks, acknowledged
 // it. On the graceful path (Close, then New on the same directory) every message taken from
@@ -456,6 +459,10 @@ type loopState[T any] struct {
 	// batch); directRun counts pending ones handed out in a row while a refill batch waited.
 	fromPending bool
 	directRun   int
+	// spare: a free batch slice for the next flush that keeps a reserve (see keep);
+	// needFree: such a flush waits for one.
+	spare    []T
+	needFree bool
 
 	// Holding a full pending batch for a consumer that keeps up (see hold).
 	holdSince int64  // when the current hold window began (l.now); 0: not holding
@@ -479,7 +486,22 @@ func (l *loopState[T]) full() bool {
 	if l.c.opts.writeAhead && len(l.outq) == 0 && len(l.c.writeCh) == 0 {
 		return true // group commit: as soon as the previous write is taken
 	}
-	return q >= l.c.batchCount() && !l.hold() || l.flushNow
+	return q >= l.c.batchCount()+l.keep() && !l.hold() || l.flushNow
+}
+
+// keep is how many of the newest pending messages a full batch leaves behind when it is
+// written (unordered mode): they stay for the consumer, which takes them before the refill
+// (see next), and the pending batch grows to a batch and a reserve before it is written.
+// Without the reserve, the pending batch is empty after each write, and while the
+// compressors hold every free batch slice the loop takes nothing from src, so the
+// consumer is fed from the refill alone and every new message goes through the disk,
+// costing the compressors the CPU the consumer needs. Ordered mode hands nothing out from
+// the pending batch while the disk is busy, and write-ahead mode writes everything first.
+func (l *loopState[T]) keep() int {
+	if l.c.opts.ordered || l.c.opts.writeAhead {
+		return 0
+	}
+	return l.c.batchCount() / 2
 }
 
 // holdWindow is how long a full pending batch waits for the consumer (see hold) before
@@ -545,7 +567,7 @@ func (l *loopState[T]) hold() bool {
 
 // accepting reports whether the loop may take a message from src.
 func (l *loopState[T]) accepting() bool {
-	return !l.srcClosed && l.pending != nil && l.queued() < l.c.batchCount()
+	return !l.srcClosed && l.pending != nil && l.queued() < l.c.batchCount()+l.keep()
 }
 
 // queueEmpty reports whether no message is queued ahead of a new one: always in unordered
@@ -745,7 +767,7 @@ func (c *Chan[T]) loop() {
 		l.burst()
 		l.reap()
 		if l.full() {
-			l.flush()
+			l.flushFull()
 		}
 		// Choose what each case may do this round (nil channels never fire).
 		var (
@@ -780,7 +802,7 @@ func (c *Chan[T]) loop() {
 		if len(l.outq) > 0 {
 			sendDisk, head = c.writeCh, l.outq[0]
 		}
-		if l.pending == nil {
+		if l.pending == nil || l.needFree {
 			getFree = c.freeCh
 		}
 		if len(l.doneIDs) >= doneBatch || l.doneDue || l.srcClosed && len(l.doneIDs) > 0 ||
@@ -824,7 +846,12 @@ func (c *Chan[T]) loop() {
 			l.outq[0] = nil
 			l.outq = l.outq[1:]
 		case p := <-getFree:
-			l.pending = p[:0]
+			if l.pending == nil {
+				l.pending = p[:0]
+			} else {
+				l.spare = p[:0]
+			}
+			l.needFree = false
 		case sendCtl <- ctlMsg:
 			l.doneIDs, l.stores = nil, nil
 			l.doneDue, l.doneC = false, nil
@@ -858,6 +885,9 @@ func (c *Chan[T]) loop() {
 				// Idle: an empty batch slice swapped for the one a spill grew (the same
 				// number stay in circulation).
 				l.pending, l.ph, l.pendAt = make([]T, 0), 0, nil
+				if l.spare != nil {
+					l.spare = make([]T, 0)
+				}
 			}
 		case <-l.holdC:
 			l.holdC = nil // full looks at the window again
@@ -1077,11 +1107,45 @@ func (l *loopState[T]) enqueue(b *batch[T]) {
 	l.outq = append(l.outq, b)
 }
 
-// flush queues the pending batch for the disk.
+// flushFull queues the pending batch for the disk when full reports it is to be written:
+// all of it (flush), or, when keep leaves a reserve and the linger time has not run out,
+// its oldest batchCount messages, copied into a free batch slice. With none free, it waits
+// for one (needFree) while the consumer takes from the pending batch, which takes nothing
+// more from src meanwhile (accepting).
+func (l *loopState[T]) flushFull() {
+	n := l.c.batchCount()
+	if l.keep() == 0 || l.flushNow || l.srcClosed || l.pending == nil || l.queued() <= n {
+		l.flush()
+		return
+	}
+	if l.spare == nil {
+		select {
+		case p := <-l.c.freeCh:
+			l.spare = p[:0]
+		default:
+			l.needFree = true
+			return
+		}
+	}
+	b := &batch[T]{kind: bSpill, msgs: append(l.spare, l.pending[l.ph:l.ph+n]...), pooled: true}
+	l.spare, l.needFree = nil, false
+	rest := copy(l.pending, l.pending[l.ph+n:])
+	clear(l.pending[rest:])
+	copy(l.pendAt, l.pendAt[l.ph+n:])
+	l.pending, l.pendAt, l.ph = l.pending[:rest], l.pendAt[:rest], 0
+	l.enqueue(b)
+	// The linger time runs from the oldest message left.
+	wait := max(time.Duration(l.pendAt[0]+int64(l.c.opts.linger)-time.Now().UnixNano()), 0)
+	l.linger.Reset(wait)
+	l.lingerC = l.linger.C
+}
+
+// flush queues all of the pending batch for the disk.
 func (l *loopState[T]) flush() {
 	if l.queued() == 0 || l.pending == nil {
 		return
 	}
+	l.needFree = false
 	kind := bSpill
 	if l.c.opts.writeAhead {
 		kind = bAhead

@@ -935,7 +935,10 @@ func crashCheck(t *testing.T, rounds []*crashRound, final []string, allowance in
 // crashDupBound is how many of a killed session's deliveries may come out again (none of a
 // session that closed and exited): what it refilled since its last cursor checkpoint (at
 // most crashCkpt before the kill, earlier if a segment boundary came), plus what was
-// refilled after the last progress line.
+// refilled after the last progress line: at most what was on disk then, and what was
+// spilled after it (2048 is ample for 20 ms; 2*maxStep for a report that came late). A
+// consumer fed new messages from memory first can leave the backlog untouched for a while
+// and then take a whole segment's worth of it in the last 20 ms.
 func crashDupBound(r *crashRound) int {
 	switch {
 	case r.exited:
@@ -954,8 +957,8 @@ func crashDupBound(r *crashRound) int {
 		maxStep = max(maxStep, p.refilled-prev)
 		prev = p.refilled
 	}
-	last := r.progress[len(r.progress)-1].refilled
-	return int(last - base + 2*maxStep + 2048)
+	last := r.progress[len(r.progress)-1]
+	return int(last.refilled - base + 2*maxStep + 2048 + last.onDisk)
 }
 
 func crashLogRound(t *testing.T, cr *crashRound, reopen Stats) {

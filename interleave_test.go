@@ -70,10 +70,17 @@ func interleaveModelRun(t *testing.T, seed int64, ordered bool) {
 					c.backlog.Store(false)
 				}
 			}
-		case op < 5: // flush (full batch, linger, Sync)
+		case op < 5: // flush (full batch, linger, Sync); a full one may leave a reserve
 			if l.pending != nil && l.queued() > 0 {
 				c.backlog.Store(true)
-				l.flush()
+				if rng.Intn(2) == 0 && l.full() {
+					if rng.Intn(2) == 0 {
+						c.freeCh <- make([]string, 0, 64) // else flushFull waits for one
+					}
+					l.flushFull()
+				} else {
+					l.flush()
+				}
 				// the batch is written at once: what flush queued goes to disk
 				for _, b := range l.outq {
 					disk = append(disk, b.msgs...)
