@@ -1140,10 +1140,16 @@ func (l *loopState[T]) flushFull() {
 	l.lingerC = l.linger.C
 }
 
-// flush queues all of the pending batch for the disk.
+// flush queues all of the pending batch for the disk. In ordered mode, deliveries only in
+// memory (direct passes waiting in Out or in the consumer's hands) are older than every
+// pending message, so they are written first (shadow): else, after a crash, they would
+// come out after the newer messages written before them.
 func (l *loopState[T]) flush() {
 	if l.queued() == 0 || l.pending == nil {
 		return
+	}
+	if l.c.opts.ordered && l.memOnly > 0 {
+		l.shadow()
 	}
 	l.needFree = false
 	kind := bSpill

@@ -12,8 +12,8 @@ package pelichan
 // marked done and the cursor moves over them; a kill before the front segment's
 // checkpoint must leave them where they were (spool.KeepConsumed). The usual way there in
 // this test is a consumer that stops for good a little before the producer's last message
-// ("stop"): Out holds the last messages, handed out from memory, their copies written at
-// the tail by the time bound; Close takes them back, the cursor passes that last record,
+// ("stop"): Out holds the last messages, handed out from memory, their copies written
+// before the batch spilled behind them (or by the time bound); Close takes them back, the cursor passes that last record,
 // and Front seals its segment. On 2 cores a consumer seldom takes from Out during the few
 // microseconds Close drains it ("steady"), so that way is rare here. Round 0 meets a fresh
 // directory, which has no cursor file before its first checkpoint: its kill is always
@@ -246,10 +246,10 @@ func crashCheckStored(t *testing.T, rounds []*crashRound, ids map[string]crashID
 // messages in increasing order, and after the first of them nothing of an earlier round
 // (new messages go behind the backlog). Across sessions, what was not delivered before
 // comes out in order, except for what a kill or a receiving consumer may move:
-//   - a kill: what waited in Out from memory while the consumer stalled was written at the
-//     tail, behind later messages (the time bound); Close would have put it in front, a
-//     kill leaves it there. At most Out's buffer, plus the one message the consumer had
-//     received and not written down: buffer+1.
+//   - a kill: the one message the consumer had received and not written down. (What waits
+//     in Out from memory is written before the first batch spilled behind it, so a kill
+//     leaves it in front; before that, a block of up to Out's buffer came out after later
+//     messages.)
 //   - a graceful Close with the consumer receiving meanwhile: it may get messages after
 //     later ones (WithOrdered's doc: nobody can tell which of Out's it took): buffer.
 //   - a graceful Close with the consumer stopped before it (closeMode "stop"): none.
@@ -311,7 +311,7 @@ func crashCheckOrder(t *testing.T, rounds []*crashRound, final []string, ids map
 	for _, r := range rounds {
 		switch {
 		case !r.exited:
-			bound += buffer + 1
+			bound++
 			kills++
 		case r.closeMode != "stop":
 			bound += buffer
@@ -319,7 +319,7 @@ func crashCheckOrder(t *testing.T, rounds []*crashRound, final []string, ids map
 	}
 	t.Logf("order: %d messages came out for the first time after a later one (per session %v; bound %d), e.g. %v", total, perSession, bound, late)
 	if total > bound {
-		t.Errorf("order: %d messages came out after later ones; %d kills and the graceful rounds with a consumer receiving during Close allow %d (Out's buffer, %d, and a kill the consumer's hand); e.g. %v",
+		t.Errorf("order: %d messages came out after later ones; %d kills and the graceful rounds with a consumer receiving during Close allow %d (Out's buffer, %d, for a graceful round, the consumer's hand for a kill); e.g. %v",
 			total, kills, bound, buffer, late)
 	}
 }

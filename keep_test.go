@@ -111,3 +111,34 @@ func TestFlushFullAllWhenDue(t *testing.T) {
 		t.Fatalf("Sync: outq %d, queued %d, want all %d written", len(l.outq), l.queued(), n)
 	}
 }
+
+// Ordered mode: deliveries only in memory (waiting in Out) are older than everything
+// pending, so a flush writes them first; else a crash leaves them behind newer messages.
+func TestOrderedFlushShadowsFirst(t *testing.T) {
+	l, c := keepLoop(t, true)
+	c.backlog.Store(false)
+	// Three direct passes wait in Out: handed out from memory before anything pending.
+	for i := 0; i < 3; i++ {
+		l.sentMem(fmt.Sprintf("d%d", i))
+	}
+	n := l.queued()
+	l.flush()
+	if len(l.outq) != 2 {
+		t.Fatalf("outq %d batches, want the shadow then the pending batch", len(l.outq))
+	}
+	sh, sp := l.outq[0], l.outq[1]
+	if sh.kind != bShadow || len(sh.msgs) != 3 || sh.msgs[0] != "d0" || sh.no > sp.no {
+		t.Fatalf("first batch: kind %v, %q (no %d), want the 3 direct passes before batch %d", sh.kind, sh.msgs, sh.no, sp.no)
+	}
+	if sp.kind != bSpill || len(sp.msgs) != n || l.memOnly != 0 {
+		t.Fatalf("second batch: kind %v, %d messages, memOnly %d; want the %d pending", sp.kind, len(sp.msgs), l.memOnly, n)
+	}
+
+	// Unordered: nothing to keep in order, the direct passes stay where they are.
+	l, _ = keepLoop(t, false)
+	l.sentMem("d0")
+	l.flush()
+	if len(l.outq) != 1 || l.outq[0].kind != bSpill || l.memOnly != 1 {
+		t.Fatalf("unordered: outq %d (first kind %v), memOnly %d; want the pending batch alone", len(l.outq), l.outq[0].kind, l.memOnly)
+	}
+}

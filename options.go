@@ -331,13 +331,15 @@ func WithMaxAge(d time.Duration) Option {
 	}
 }
 
-// WithOrdered makes Out yield messages in src order across spill, refill and graceful
-// restarts: once anything is on disk, new messages go behind it, and at Close the messages
-// taken back from Out are stored in front of the backlog. It costs throughput: one
-// compressor instead of two and no direct pass while a backlog exists. A consumer still
-// receiving from Out while Close takes Out's buffer back may get the messages around that
-// moment out of order (nobody can tell which of them it took); stop receiving before
-// Close for strict order.
+// WithOrdered makes Out yield messages in src order across spill, refill and restarts,
+// crashes included: once anything is on disk, new messages go behind it, messages waiting
+// in Out from memory are written before the first batch spilled behind them, and at Close
+// the messages taken back from Out are stored in front of the backlog. (After a crash,
+// messages done within the last checkpoint interval may come again, before the rest.) It
+// costs throughput: one compressor instead of two and no direct pass while a backlog
+// exists. A consumer still receiving from Out while Close takes Out's buffer back may get
+// the messages around that moment out of order (nobody can tell which of them it took);
+// stop receiving before Close for strict order.
 func WithOrdered() Option {
 	return func(o *options) { o.ordered = true }
 }
