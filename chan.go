@@ -1172,6 +1172,9 @@ func (l *loopState[T]) flush() {
 	case p := <-l.c.freeCh:
 		l.pending = p[:0]
 	default:
+		if l.spare != nil { // one taken for flushFull
+			l.pending, l.spare = l.spare[:0], nil
+		}
 	}
 }
 

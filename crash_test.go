@@ -935,10 +935,11 @@ func crashCheck(t *testing.T, rounds []*crashRound, final []string, allowance in
 // crashDupBound is how many of a killed session's deliveries may come out again (none of a
 // session that closed and exited): what it refilled since its last cursor checkpoint (at
 // most crashCkpt before the kill, earlier if a segment boundary came), plus what was
-// refilled after the last progress line: at most what was on disk then, and what was
-// spilled after it (2048 is ample for 20 ms; 2*maxStep for a report that came late). A
-// consumer fed new messages from memory first can leave the backlog untouched for a while
-// and then take a whole segment's worth of it in the last 20 ms.
+// refilled after the last progress line: at most what was on disk then, and no more than
+// twice what the consumer took in any progress interval, plus what was spilled after it
+// (2048 is ample for 20 ms; 2*maxStep for a report that came late). A consumer fed new
+// messages from memory first can leave the backlog untouched for a while and then take a
+// whole interval's worth of it from the backlog just before the kill.
 func crashDupBound(r *crashRound) int {
 	switch {
 	case r.exited:
@@ -949,16 +950,18 @@ func crashDupBound(r *crashRound) int {
 		return len(r.recv)
 	}
 	cutoff := r.killedAt.Add(-crashCkpt - *crashMarginFlag)
-	var base, maxStep, prev int64
+	var base, maxStep, prev, maxTake, prevTake int64
 	for _, p := range r.progress {
 		if !p.at.After(cutoff) {
 			base = p.refilled
 		}
 		maxStep = max(maxStep, p.refilled-prev)
 		prev = p.refilled
+		maxTake = max(maxTake, p.direct+p.refilled-prevTake)
+		prevTake = p.direct + p.refilled
 	}
 	last := r.progress[len(r.progress)-1]
-	return int(last.refilled - base + 2*maxStep + 2048 + last.onDisk)
+	return int(last.refilled - base + 2*maxStep + 2048 + min(last.onDisk, 2*maxTake))
 }
 
 func crashLogRound(t *testing.T, cr *crashRound, reopen Stats) {

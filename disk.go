@@ -586,10 +586,17 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			}
 		}
 		pos, err := c.append(d, e.rec)
-		if errors.Is(err, ErrFull) && c.opts.whenFull == DropNewest && !d.closing && b.kind != bShadow {
-			n := int64(e.n)
-			c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
-			c.rep.report(fmt.Errorf("%w: %d messages dropped (drop-newest)", err, e.n))
+		if errors.Is(err, ErrFull) && c.opts.whenFull == DropNewest && !d.closing {
+			if b.kind == bShadow {
+				// Copies of messages waiting in Out or in the consumer's hands: not
+				// written, they stay in memory (the loop tries again later). Retrying here
+				// would hold up every batch behind them, and DropNewest never blocks.
+				c.rep.report(fmt.Errorf("%w: %d messages waiting for the consumer not written (drop-newest)", err, e.n))
+			} else {
+				n := int64(e.n)
+				c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
+				c.rep.report(fmt.Errorf("%w: %d messages dropped (drop-newest)", err, e.n))
+			}
 			b.recs = append(b.recs, storedRec{n: e.n}) // no place: no IDs
 			err, e.rec = nil, nil
 		}

@@ -1,0 +1,149 @@
+package pelichan
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// fillVolume writes a filler file into mnt until the volume is full.
+func fillVolume(t *testing.T, mnt string) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(mnt, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	// And byte by byte, for the last partial block.
+	for {
+		if _, err := f.Write(buf[:1]); err != nil {
+			break
+		}
+	}
+}
+
+// Fixed since: was a BUG (blocking; store gives up on a shadow record on a full disk under
+// DropNewest: its messages stay in memory and the loop tries again later).
+//
+// A full volume under DropNewest: the newest messages are to be dropped, never the
+// producer blocked. In ordered mode, since d1402a3, every flush first writes the
+// deliveries waiting in Out from memory (a shadow batch); a shadow is never dropped under
+// DropNewest (store: b.kind != bShadow), so on a full disk it is retried forever, the
+// disk goroutine reads nothing behind it, and the loop, its batch slices all queued
+// behind the shadow, stops reading src: the producer blocks and the consumer, once Out is
+// empty, gets nothing, until space comes back from elsewhere.
+//
+// The consumer here only lags: it leaves Out's 10 messages there while the producer sends
+// a burst, then takes everything. linger is 5 s, so the time bound (stale) does not
+// shadow anything during the test: only the flush does.
+func TestReview9DropNewestFullDiskShadowBlocks(t *testing.T) {
+	for _, ordered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ordered=%v", ordered), func(t *testing.T) {
+			mnt := mountTmpfs(t, "size=1m")
+			dir := filepath.Join(mnt, "spool")
+			src := make(chan string)
+			var errs errorLog
+			opts := []Option{WithBuffer(10), WithSegmentSize(128 << 10), WithBatchBytes(4 << 10),
+				WithWhenFull(DropNewest), WithLinger(5 * time.Second), WithSync(SyncNever),
+				WithErrorHandler(errs.handle)}
+			if ordered {
+				opts = append(opts, WithOrdered())
+			}
+			c, err := New(dir, src, String, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				akWithin(t, 10*time.Second, "Close", func() { c.Close() })
+			}()
+			fillVolume(t, mnt)
+			// Out's buffer fills from memory (direct passes), the consumer lagging.
+			const n = 3000
+			for i := 0; i < n; i++ {
+				select {
+				case src <- fmt.Sprintf("m%05d %0180d", i, i):
+				case <-time.After(3 * time.Second):
+					s, _ := statsWithin(c, 2*time.Second)
+					out := len(c.Out())
+					// The consumer comes back: it gets Out's messages and then nothing.
+					got := recvN(c.Out(), n, 2*time.Second)
+					t.Fatalf("DropNewest on a full disk: the producer blocked after %d of %d messages; Out holds %d; a ready consumer then got %d in 2 s; stats %+v; errors %d (first %v)",
+						i, n, out, len(got), s, len(errs.all()), firstErr(errs.all()))
+				}
+			}
+			s, _ := statsWithin(c, 2*time.Second)
+			checkBalance(t, s)
+			if s.Dropped == 0 {
+				t.Fatalf("nothing dropped on a full disk: %+v", s)
+			}
+			got := recvN(c.Out(), n, time.Second)
+			t.Logf("sent %d, received %d, stats %+v", n, len(got), s)
+		})
+	}
+}
+
+func firstErr(errs []error) error {
+	for _, e := range errs {
+		if errors.Is(e, ErrFull) {
+			return e
+		}
+	}
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	return nil
+}
+
+// Fixed since: was a BUG (blocking, pre-existing; the same fix).
+//
+// The same blockage without d1402a3, in either mode: the consumer leaves Out's messages
+// there for longer than the linger time, so the time bound (stale) writes them (a shadow),
+// which a full disk refuses and DropNewest does not drop: the producer blocks. Pre-existing
+// (36f2d09 fails it too); d1402a3 makes the ordered case happen at every flush instead.
+func TestReview9DropNewestFullDiskStaleShadowBlocks(t *testing.T) {
+	for _, ordered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ordered=%v", ordered), func(t *testing.T) {
+			mnt := mountTmpfs(t, "size=1m")
+			dir := filepath.Join(mnt, "spool")
+			src := make(chan string)
+			var errs errorLog
+			opts := []Option{WithBuffer(10), WithSegmentSize(128 << 10), WithBatchBytes(4 << 10),
+				WithWhenFull(DropNewest), WithLinger(20 * time.Millisecond), WithSync(SyncNever),
+				WithErrorHandler(errs.handle)}
+			if ordered {
+				opts = append(opts, WithOrdered())
+			}
+			c, err := New(dir, src, String, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				akWithin(t, 10*time.Second, "Close", func() { c.Close() })
+			}()
+			fillVolume(t, mnt)
+			for i := 0; i < 10; i++ {
+				akSend(t, src, fmt.Sprintf("m%05d %0180d", i, i), 3*time.Second)
+			}
+			time.Sleep(300 * time.Millisecond) // Out's 10 waited past the linger time
+			const n = 3000
+			for i := 10; i < n; i++ {
+				select {
+				case src <- fmt.Sprintf("m%05d %0180d", i, i):
+				case <-time.After(3 * time.Second):
+					s, _ := statsWithin(c, 2*time.Second)
+					t.Fatalf("DropNewest on a full disk: the producer blocked after %d of %d messages; Out holds %d; stats %+v",
+						i, n, len(c.Out()), s)
+				}
+			}
+		})
+	}
+}
