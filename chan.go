@@ -214,7 +214,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		statsReq: make(chan chan struct{}),
 		writeCh:  make(chan *batch[T], 1),
 		freeCh:   make(chan []T, batchPool),
-		readyCh:  make(chan *refill[T]),
+		readyCh:  make(chan *refill[T], readyBuffer),
 		returnCh: make(chan *refill[T], refillPool),
 		shadowCh: make(chan *batch[T]),
 		ctlCh:    make(chan ctl[T]),

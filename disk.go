@@ -313,6 +313,12 @@ drain:
 const (
 	refillPool = 4 // refill items in circulation: decoding, waiting, with the loop
 	decoders   = 2
+	// readyBuffer is readyCh's buffer: the disk goroutine puts the next items there
+	// without waiting for the loop to be in its select at the same moment. Unbuffered,
+	// a disk goroutine busy with fsyncs (write-ahead with SyncAlways and a producer) met
+	// the loop there a few times a second, and a backlog drained at a few hundred
+	// messages a second.
+	readyBuffer = 2
 )
 
 // decodeJob is one record for a decoder to turn into b.
@@ -344,6 +350,7 @@ type diskState[T any] struct {
 	orderSeq uint64
 	waiting  map[uint64]*refill[T]
 	readyQ   []*refill[T]
+	readyCh  chan *refill[T] // c.readyCh: items in its buffer are the loop's to take
 	shadowQ  []*batch[T]
 	dirty    bool // written since the last fsync
 	retry    *encoded[T]
@@ -374,6 +381,7 @@ type diskState[T any] struct {
 
 func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 	d := &diskState[T]{
+		readyCh: c.readyCh,
 		sp:      sp,
 		tr:      tr,
 		owed:    owed,
@@ -647,9 +655,10 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 }
 
 // idle reports whether the disk goroutine holds nothing for the loop: no records unread,
-// none being decoded, no messages waiting to be handed out, no record waiting for a retry.
+// none being decoded, no messages waiting to be handed out (in readyQ or in readyCh's
+// buffer, which the loop has not taken yet), no record waiting for a retry.
 func (d *diskState[T]) idle() bool {
-	return !d.lag && len(d.readyQ) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
+	return !d.lag && len(d.readyQ) == 0 && len(d.readyCh) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
 }
 
 // leaveFlight takes a batch or a Store message, now through the disk goroutine, off the
