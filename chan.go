@@ -215,7 +215,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		writeCh:  make(chan *batch[T], 1),
 		freeCh:   make(chan []T, batchPool),
 		readyCh:  make(chan *refill[T], readyBuffer),
-		returnCh: make(chan *refill[T], refillPool),
+		returnCh: make(chan *refill[T], refillPool+readyBuffer),
 		shadowCh: make(chan *batch[T]),
 		ctlCh:    make(chan ctl[T]),
 		doneFree: make(chan []MsgID, 2),
@@ -682,7 +682,10 @@ func (l *loopState[T]) handed() {
 		l.ci++
 		if l.ci == len(b.msgs) {
 			clear(b.msgs)
-			l.c.returnCh <- b // never blocks: capacity refillPool
+			// Never blocks: the disk goroutine empties returnCh at the top of each round,
+			// and between two rounds the loop gives back at most its item, the two in
+			// readyCh's buffer and two put there in that round.
+			l.c.returnCh <- b
 			l.cur = nil
 		}
 		l.startTick()

@@ -417,6 +417,17 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 	recC := c.recCh
 
 	for {
+		// Items the loop gave back, all of them: with readyCh's buffer it can take
+		// several while this goroutine is in a write (an fsync), and returnCh must never
+		// fill up (see its capacity).
+		for drained := false; !drained; {
+			select {
+			case b := <-c.returnCh:
+				c.returned(d, b)
+			default:
+				drained = true
+			}
+		}
 		c.handFirst(d)
 		c.dispatch(d)
 		// The first record is read (or there is none): the background counting may begin.
@@ -911,9 +922,9 @@ func (c *Chan[T]) dispatch(d *diskState[T]) {
 	}
 }
 
-// handFirst gives the loop the first item read after New, if the loop is waiting for it,
-// before the disk goroutine reads further, and yields: the loop delivers the first message
-// at once rather than after the read-ahead.
+// handFirst gives the loop the first item read after New (into readyCh's buffer, or to
+// the loop waiting for it), before the disk goroutine reads further, and yields: the loop
+// delivers the first message at once rather than after the read-ahead.
 func (c *Chan[T]) handFirst(d *diskState[T]) {
 	if d.yielded || len(d.readyQ) == 0 {
 		return
