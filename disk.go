@@ -417,17 +417,9 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 	recC := c.recCh
 
 	for {
-		// Items the loop gave back, all of them: with readyCh's buffer it can take
-		// several while this goroutine is in a write (an fsync), and returnCh must never
-		// fill up (see its capacity).
-		for drained := false; !drained; {
-			select {
-			case b := <-c.returnCh:
-				c.returned(d, b)
-			default:
-				drained = true
-			}
-		}
+		// With readyCh's buffer the loop can take several items while this goroutine is
+		// in a write (an fsync), and returnCh must never fill up (see its capacity).
+		c.takeReturned(d)
 		c.handFirst(d)
 		c.dispatch(d)
 		// The first record is read (or there is none): the background counting may begin.
@@ -802,6 +794,18 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 // they are read back from the spool when their turn comes.
 const waMemory = 1 << 13
 
+// takeReturned takes back every item waiting in returnCh, without blocking.
+func (c *Chan[T]) takeReturned(d *diskState[T]) {
+	for {
+		select {
+		case b := <-c.returnCh:
+			c.returned(d, b)
+		default:
+			return
+		}
+	}
+}
+
 // returned takes back an item the loop handed out whole.
 func (c *Chan[T]) returned(d *diskState[T], b *refill[T]) {
 	if b.wa {
@@ -1127,14 +1131,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 		d.tr.done(id)
 	}
 	// Items the loop handed out whole before it stopped: what went out of them counts.
-	for drained := false; !drained; {
-		select {
-		case b := <-c.returnCh:
-			c.returned(d, b)
-		default:
-			drained = true
-		}
-	}
+	c.takeReturned(d)
 	for _, id := range req.sentUpTo {
 		d.tr.sentUpTo(id)
 	}
