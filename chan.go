@@ -217,7 +217,7 @@ func New[T any](dir string, src <-chan T, codec Codec[T], opts ...Option) (*Chan
 		readyCh:  make(chan *refill[T], readyBuffer),
 		returnCh: make(chan *refill[T], refillPool+readyBuffer),
 		shadowCh: make(chan *batch[T]),
-		ctlCh:    make(chan ctl[T]),
+		ctlCh:    make(chan ctl[T], 1), // the disk goroutine may be in a write (an fsync): the loop need not wait for it
 		doneFree: make(chan []MsgID, 2),
 		recFree:  make(chan []byte, 4),
 		idleCh:   make(chan struct{}, 1),

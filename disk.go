@@ -487,23 +487,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 		case b := <-c.returnCh:
 			c.returned(d, b)
 		case m := <-c.ctlCh:
-			for _, id := range m.done {
-				d.tr.done(id)
-			}
-			if cap(m.done) > 0 && cap(m.done) <= maxDoneReuse {
-				select {
-				case c.doneFree <- m.done[:0]: // the loop appends to it next
-					d.busyAt = time.Now().UnixNano() // let go of it once idle
-				default:
-				}
-			}
-			d.tr.sentUpTo(m.sent)
-			if m.sync != nil {
-				d.syncs = append(d.syncs, m.sync)
-			}
-			for _, r := range m.stores {
-				c.storeOne(d, r)
-			}
+			c.takeCtl(d, m)
 		case <-srcDone:
 			d.srcDone, srcDone = true, nil
 		case <-countedC:
@@ -793,6 +777,28 @@ func (c *Chan[T]) complete(d *diskState[T], b *batch[T]) {
 // waMemory is how many messages written ahead may wait in memory for the loop; past it,
 // they are read back from the spool when their turn comes.
 const waMemory = 1 << 13
+
+// takeCtl handles what the loop sent on ctlCh: done messages, its mark of the last message
+// handed out, a Sync barrier and Store calls.
+func (c *Chan[T]) takeCtl(d *diskState[T], m ctl[T]) {
+	for _, id := range m.done {
+		d.tr.done(id)
+	}
+	if cap(m.done) > 0 && cap(m.done) <= maxDoneReuse {
+		select {
+		case c.doneFree <- m.done[:0]: // the loop appends to it next
+			d.busyAt = time.Now().UnixNano() // let go of it once idle
+		default:
+		}
+	}
+	d.tr.sentUpTo(m.sent)
+	if m.sync != nil {
+		d.syncs = append(d.syncs, m.sync)
+	}
+	for _, r := range m.stores {
+		c.storeOne(d, r)
+	}
+}
 
 // takeReturned takes back every item waiting in returnCh, without blocking.
 func (c *Chan[T]) takeReturned(d *diskState[T]) {
@@ -1124,6 +1130,12 @@ func (c *Chan[T]) checkpoint(d *diskState[T]) {
 func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	d.closing = true
 	var errs []error
+	// What the loop left in ctlCh's buffer before it stopped came before req.
+	select {
+	case m := <-c.ctlCh:
+		c.takeCtl(d, m)
+	default:
+	}
 	for _, r := range req.stores {
 		c.storeOne(d, r)
 	}
