@@ -1130,11 +1130,15 @@ func (c *Chan[T]) checkpoint(d *diskState[T]) {
 func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	d.closing = true
 	var errs []error
-	// What the loop left in ctlCh's buffer before it stopped came before req.
-	select {
-	case m := <-c.ctlCh:
-		c.takeCtl(d, m)
-	default:
+	// What the loop left in ctlCh's buffer before it stopped came before req (the loop
+	// sends nothing on ctlCh after req).
+	for drained := false; !drained; {
+		select {
+		case m := <-c.ctlCh:
+			c.takeCtl(d, m)
+		default:
+			drained = true
+		}
 	}
 	for _, r := range req.stores {
 		c.storeOne(d, r)
@@ -1250,8 +1254,14 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	c.st.disk(c.peek(d), nil)
 	err := errors.Join(append(d.closeErr, errs...)...)
 	d.syncs = append(d.syncs, req.syncs...)
-	for _, r := range d.syncs {
-		r.reply <- err // everything is written, and fsynced by the spool's Close
+	if len(d.syncs) > 0 {
+		// Everything is written, and fsynced by the spool's Close; an earlier fsync of the
+		// sync policy's that failed is still owed to the next Sync (see syncErr).
+		serr := errors.Join(err, d.syncFail)
+		d.syncFail = nil
+		for _, r := range d.syncs {
+			r.reply <- serr
+		}
 	}
 	d.syncs = nil
 	return err
