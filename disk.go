@@ -163,9 +163,15 @@ const maxDoneReuse = 4096
 
 // drainChan empties a channel's buffer.
 func drainChan[E any](ch chan E) {
+	takeWaiting(ch, func(E) {})
+}
+
+// takeWaiting hands f what waits in ch's buffer, without blocking.
+func takeWaiting[E any](ch chan E, f func(E)) {
 	for {
 		select {
-		case <-ch:
+		case e := <-ch:
+			f(e)
 		default:
 			return
 		}
@@ -419,7 +425,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 	for {
 		// With readyCh's buffer the loop can take several items while this goroutine is
 		// in a write (an fsync), and returnCh must never fill up (see its capacity).
-		c.takeReturned(d)
+		takeWaiting(c.returnCh, func(b *refill[T]) { c.returned(d, b) })
 		c.handFirst(d)
 		c.dispatch(d)
 		// The first record is read (or there is none): the background counting may begin.
@@ -800,18 +806,6 @@ func (c *Chan[T]) takeCtl(d *diskState[T], m ctl[T]) {
 	}
 }
 
-// takeReturned takes back every item waiting in returnCh, without blocking.
-func (c *Chan[T]) takeReturned(d *diskState[T]) {
-	for {
-		select {
-		case b := <-c.returnCh:
-			c.returned(d, b)
-		default:
-			return
-		}
-	}
-}
-
 // returned takes back an item the loop handed out whole.
 func (c *Chan[T]) returned(d *diskState[T], b *refill[T]) {
 	if b.wa {
@@ -1132,14 +1126,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 	var errs []error
 	// What the loop left in ctlCh's buffer before it stopped came before req (the loop
 	// sends nothing on ctlCh after req).
-	for drained := false; !drained; {
-		select {
-		case m := <-c.ctlCh:
-			c.takeCtl(d, m)
-		default:
-			drained = true
-		}
-	}
+	takeWaiting(c.ctlCh, func(m ctl[T]) { c.takeCtl(d, m) })
 	for _, r := range req.stores {
 		c.storeOne(d, r)
 	}
@@ -1147,7 +1134,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 		d.tr.done(id)
 	}
 	// Items the loop handed out whole before it stopped: what went out of them counts.
-	c.takeReturned(d)
+	takeWaiting(c.returnCh, func(b *refill[T]) { c.returned(d, b) })
 	for _, id := range req.sentUpTo {
 		d.tr.sentUpTo(id)
 	}
@@ -1227,7 +1214,7 @@ func (c *Chan[T]) finish(d *diskState[T], req finishReq[T]) error {
 		}
 		// Those the codec refused were never stored (counted Dropped already): they are
 		// among those from memory.
-		unsaved = int64(max(stored-b.onDisk, 0))
+		unsaved += int64(max(stored-b.onDisk, 0))
 	}
 	if earlier != 0 && d.sp.Cursor().Seg < earlier {
 		d.tr.dropSeg(earlier) // replaced
