@@ -33,6 +33,7 @@ package pelichan
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -1059,16 +1060,26 @@ func (l *loopState[T]) shadowed(b *batch[T]) {
 		err := b.err
 		if err == nil {
 			// Counted now, not at the call: the Sync's own writes (the shadow batch it
-			// sent, back before this answer) may have found more the codec refuses.
-			stuck := 0
+			// sent, back before this answer) may have found more the codec refuses, or
+			// been given up on a full disk under DropNewest (in memory again, or in a
+			// later shadow not written yet).
+			stuck, unwritten := 0, 0
 			for s := l.tab.floor + 1; s <= min(b.upTo, l.tab.sent); s++ {
-				if f := l.tab.at(s); f.st == fMem && f.stuck {
+				switch f := l.tab.at(s); {
+				case f.st == fMem && f.stuck:
 					stuck++
+				case f.st == fMem || f.st == fStoring:
+					unwritten++
 				}
 			}
+			var errs []error
 			if stuck > 0 {
-				err = fmt.Errorf("pelichan: sync: %d messages waiting for the consumer cannot be written: %w", stuck, ErrCodec)
+				errs = append(errs, fmt.Errorf("pelichan: sync: %d messages waiting for the consumer cannot be written: %w", stuck, ErrCodec))
 			}
+			if unwritten > 0 {
+				errs = append(errs, fmt.Errorf("pelichan: sync: %d messages waiting for the consumer not written: %w", unwritten, ErrFull))
+			}
+			err = errors.Join(errs...)
 		}
 		b.reply <- err
 		return
@@ -1117,7 +1128,7 @@ func (l *loopState[T]) enqueue(b *batch[T]) {
 // more from src meanwhile (accepting).
 func (l *loopState[T]) flushFull() {
 	n := l.c.batchCount()
-	if l.keep() == 0 || l.flushNow || l.srcClosed || l.pending == nil || l.queued() <= n {
+	if l.keep() == 0 || l.flushNow || l.srcClosed || l.queued() <= n {
 		l.flush()
 		return
 	}

@@ -1,6 +1,7 @@
 package pelichan
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -146,4 +147,38 @@ func TestReview9DropNewestFullDiskStaleShadowBlocks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Sync under DropNewest on a full disk while Out holds messages from memory (the consumer
+// stalled): their shadow is given up (store), so Sync must not say they are written
+// (DESIGN.md: Sync returns once every message received before it that is not done is
+// written and fsynced). It answers an error wrapping ErrFull, and returns.
+func TestReview9DropNewestFullDiskSyncSaysUnwritten(t *testing.T) {
+	mnt := mountTmpfs(t, "size=1m")
+	dir := filepath.Join(mnt, "spool")
+	src := make(chan string)
+	var errs errorLog
+	c, err := New(dir, src, String, WithBuffer(10), WithSegmentSize(128<<10), WithBatchBytes(4<<10),
+		WithWhenFull(DropNewest), WithLinger(5*time.Second), WithSync(SyncNever), WithErrorHandler(errs.handle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		akWithin(t, 10*time.Second, "Close", func() { c.Close() })
+	}()
+	fillVolume(t, mnt)
+	for i := 0; i < 10; i++ { // direct passes, waiting in Out
+		akSend(t, src, fmt.Sprintf("m%05d %0180d", i, i), 3*time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var serr error
+	akWithin(t, 10*time.Second, "Sync", func() { serr = c.Sync(ctx) })
+	if serr == nil {
+		t.Fatalf("Sync returned nil with Out's 10 messages not written (full disk); %+v", c.Stats())
+	}
+	if !errors.Is(serr, ErrFull) && !errors.Is(serr, context.DeadlineExceeded) {
+		t.Errorf("Sync: %v, want ErrFull", serr)
+	}
+	t.Logf("Sync: %v", serr)
 }
