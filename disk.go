@@ -57,7 +57,7 @@ func serveIdle[J any, S interface{ Close() }](in <-chan J, open func() S, work f
 			// once per record (WithBuffer(100), a consumer doing 0.5 µs of work a message:
 			// a third of the refill's time), and behind the compressors while it drained
 			// a backlog beside a producer.
-			runtime.Gosched()
+			yieldP()
 			work(st, j)
 		case <-idle.C:
 			if have {
@@ -71,6 +71,20 @@ func serveIdle[J any, S interface{ Close() }](in <-chan J, open func() S, work f
 
 // idleRelease is how long a compressor or decoder keeps its state without work.
 const idleRelease = time.Second
+
+// yieldP lets the goroutines waiting for this P run first (runtime.Gosched), if there is
+// another P for the caller to go on on. With one P (GOMAXPROCS=1, which Go sets by itself
+// in a container limited to one CPU), a goroutine that yields waits on the global run
+// queue until the local one runs dry, and a loop and a consumer handing the P to each
+// other never let it: the compressors starved, and messages stayed only in memory for
+// several linger times (TestReview12OneProcSpillKeepsUp); a caller of Sync in a loop kept
+// the decoders from running (TestReview12OneProcSyncPollStarvesRefill). GOMAXPROCS is
+// read each time: the runtime may change it while the program runs.
+func yieldP() {
+	if runtime.GOMAXPROCS(0) > 1 {
+		runtime.Gosched()
+	}
+}
 
 // compressBatch encodes b into records and hands them to the disk goroutine.
 func (c *Chan[T]) compressBatch(w *segment.Writer, b *batch[T]) {
@@ -1096,7 +1110,7 @@ func (c *Chan[T]) decodeJob(r *segment.Reader, j decodeJob[T], out chan<- decode
 	// The disk goroutine, woken by the send, waits for this P while more jobs are queued:
 	// let it take the result now (the first message after Open comes sooner, and the
 	// refill pipeline stays full), not after every queued record is decoded.
-	runtime.Gosched()
+	yieldP()
 }
 
 // advance moves the spool's cursor over the records whose messages are all done.
