@@ -33,8 +33,14 @@ func paced(out <-chan string, per time.Duration, stop <-chan struct{}, got *[]st
 // it is read and spilled. (Found by review: the first version of the hold held as long as
 // the consumer kept its pace.)
 func TestHoldLeavesProducerLeadInMemory(t *testing.T) {
+	holdLeadScenario(t, 3)
+}
+
+// holdLeadScenario runs TestHoldLeavesProducerLeadInMemory's scenario trials times.
+func holdLeadScenario(t *testing.T, trials int) {
+	t.Helper()
 	const n = 60000
-	for trial := 0; trial < 3; trial++ {
+	for trial := 0; trial < trials; trial++ {
 		dir := t.TempDir()
 		src := make(chan string, n)
 		c, err := New(dir, src, String, WithBuffer(100)) // default linger 100ms
@@ -56,13 +62,15 @@ func TestHoldLeavesProducerLeadInMemory(t *testing.T) {
 			t.Fatal("consumer did not stop")
 		}
 		akMustClose(t, c)
-		t.Logf("trial %d: after 500ms %d of %d messages still unread in src; Received %d Direct %d Spilled %d OnDisk %d InMemory %d",
-			trial, left, n, s.Received, s.Direct, s.Spilled, s.OnDisk, s.InMemory)
+		t.Logf("GOMAXPROCS=%d trial %d: after 500ms %d of %d messages still unread in src; Received %d Direct %d Spilled %d OnDisk %d InMemory %d",
+			runtime.GOMAXPROCS(0), trial, left, n, s.Received, s.Direct, s.Spilled, s.OnDisk, s.InMemory)
 		// Read and spilled, most of it: 1000 or so are left on a quiet machine, a few
-		// thousand under -race; with the lead held, tens of thousands.
-		if left > n/6 {
-			t.Errorf("after 5x linger, %d messages the producer handed over are still only in src's buffer (not read: Spilled %d, OnDisk %d); a SIGKILL loses them",
-				left, s.Spilled, s.OnDisk)
+		// thousand under -race; with the lead held, tens of thousands. Only in memory:
+		// Out's buffer and a batch or two at most (DESIGN.md: the linger time plus one
+		// batch write), none in these runs; thousands with the compressors starved.
+		if left > n/6 || s.InMemory > 2000 {
+			t.Errorf("after 5x linger, %d messages the producer handed over are still only in src's buffer (not read: Spilled %d, OnDisk %d) and %d only in memory; a SIGKILL loses them",
+				left, s.Spilled, s.OnDisk, s.InMemory)
 			return
 		}
 	}

@@ -3,7 +3,6 @@ package pelichan
 import (
 	"runtime"
 	"testing"
-	"time"
 )
 
 // Review 12 (f745ca0, serveIdle yields with runtime.Gosched before each job). Gosched puts
@@ -23,36 +22,5 @@ import (
 // passes since the yield is made only with more than one P (yieldP).
 func TestReview12OneProcSpillKeepsUp(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	const n = 60000
-	for trial := 0; trial < 2; trial++ {
-		dir := t.TempDir()
-		src := make(chan string, n)
-		c, err := New(dir, src, String, WithBuffer(100)) // default linger 100ms
-		if err != nil {
-			t.Fatal(err)
-		}
-		stop, done := make(chan struct{}), make(chan struct{})
-		var got []string
-		go paced(c.Out(), 15*time.Microsecond, stop, &got, done)
-		for _, m := range msgs("p", n) {
-			src <- m
-		}
-		time.Sleep(500 * time.Millisecond) // 5x the linger time
-		left, s := len(src), c.Stats()
-		close(stop)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Fatal("consumer did not stop")
-		}
-		akMustClose(t, c)
-		t.Logf("GOMAXPROCS=1 trial %d: after 500ms %d of %d still in src; Received %d Direct %d Spilled %d OnDisk %d InMemory %d",
-			trial, left, n, s.Received, s.Direct, s.Spilled, s.OnDisk, s.InMemory)
-		// Out's buffer (100) and a batch or two may be in memory; thousands may not.
-		if left > n/6 || s.InMemory > 2000 {
-			t.Errorf("GOMAXPROCS=1: after 5x linger %d messages still unread in src and %d only in memory (Spilled %d): the compressors are starved",
-				left, s.InMemory, s.Spilled)
-			return
-		}
-	}
+	holdLeadScenario(t, 2)
 }
