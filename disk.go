@@ -378,7 +378,6 @@ type diskState[T any] struct {
 	orderSeq uint64
 	waiting  map[uint64]*refill[T]
 	readyQ   []*refill[T]
-	readyCh  chan *refill[T] // c.readyCh: items in its buffer are the loop's to take
 	shadowQ  []*batch[T]
 	dirty    bool // written since the last fsync
 	retry    *encoded[T]
@@ -409,7 +408,6 @@ type diskState[T any] struct {
 
 func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 	d := &diskState[T]{
-		readyCh: c.readyCh,
 		sp:      sp,
 		tr:      tr,
 		owed:    owed,
@@ -455,7 +453,7 @@ func (c *Chan[T]) runDisk(sp *spool.Spool, tr *tracker, owed int64) {
 		sp.StartCounting()
 		c.advance(d)
 		c.serveSyncs(d)
-		idle := d.idle()
+		idle := c.idle(d)
 		c.backlog.Store(!idle || countedC != nil && sp.Peek().Counting > 0)
 		if d.srcDone && idle {
 			select {
@@ -672,8 +670,8 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 // idle reports whether the disk goroutine holds nothing for the loop: no records unread,
 // none being decoded, no messages waiting to be handed out (in readyQ or in readyCh's
 // buffer, which the loop has not taken yet), no record waiting for a retry.
-func (d *diskState[T]) idle() bool {
-	return !d.lag && len(d.readyQ) == 0 && len(d.readyCh) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
+func (c *Chan[T]) idle(d *diskState[T]) bool {
+	return !d.lag && len(d.readyQ) == 0 && len(c.readyCh) == 0 && d.decoding == 0 && len(d.waiting) == 0 && d.retry == nil
 }
 
 // leaveFlight takes a batch or a Store message, now through the disk goroutine, off the
@@ -682,7 +680,7 @@ func (d *diskState[T]) idle() bool {
 // (diskIdle), and a count of zero with the flag clear lets it close Out. The flag is
 // otherwise set at the top of the disk goroutine's next round, too late.
 func (c *Chan[T]) leaveFlight(d *diskState[T]) {
-	if !d.idle() {
+	if !c.idle(d) {
 		c.backlog.Store(true)
 	}
 	c.inflight.Add(-1)
