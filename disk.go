@@ -383,22 +383,25 @@ type diskState[T any] struct {
 	retry    *encoded[T]
 	retryIn  time.Duration
 	blocked  bool // the last write failed; reported once until one succeeds
-	closing  bool // in finish: the cap is lifted, failures are final
-	lag      bool // records on disk not reached by the reader and not handed out from memory
-	srcDone  bool
-	through  uint64          // every batch up to this number is through
-	beyond   map[uint64]bool // batches through past it
-	syncs    []*syncReq
-	ticks    int
-	busyAt   int64           // when the last record was written or read, until the buffers are let go
-	late     int64           // spool.Stats.Late already in OnDisk
-	owed     int64           // messages the cursor file marks done not taken off OnDisk yet (see addStored)
-	memMsgs  int             // messages written ahead and kept in memory for the loop
-	closeErr []error         // what could not be stored at Close
-	skipped  int64           // record bytes the reader passed over (handed out from memory)
-	w        *segment.Writer // for Store, made on demand
-	dirtyAt  int64           // when the last record was written, until the segment is sealed idle
-	syncFail error           // a failed fsync of the sync policy's, for the next Sync (see syncErr)
+	// shadowFull: a shadow was refused on a full disk under DropNewest; reported once
+	// until a write succeeds (the loop tries again at every tick or flush)
+	shadowFull bool
+	closing    bool // in finish: the cap is lifted, failures are final
+	lag        bool // records on disk not reached by the reader and not handed out from memory
+	srcDone    bool
+	through    uint64          // every batch up to this number is through
+	beyond     map[uint64]bool // batches through past it
+	syncs      []*syncReq
+	ticks      int
+	busyAt     int64           // when the last record was written or read, until the buffers are let go
+	late       int64           // spool.Stats.Late already in OnDisk
+	owed       int64           // messages the cursor file marks done not taken off OnDisk yet (see addStored)
+	memMsgs    int             // messages written ahead and kept in memory for the loop
+	closeErr   []error         // what could not be stored at Close
+	skipped    int64           // record bytes the reader passed over (handed out from memory)
+	w          *segment.Writer // for Store, made on demand
+	dirtyAt    int64           // when the last record was written, until the segment is sealed idle
+	syncFail   error           // a failed fsync of the sync policy's, for the next Sync (see syncErr)
 	// Until the first record read comes back from the decoders, one record is read and
 	// decoded at a time, so that the first message after New is not held up by the
 	// read-ahead (and the spool's background counting waits for the first read).
@@ -612,7 +615,10 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 				// Copies of messages waiting in Out or in the consumer's hands: not
 				// written, they stay in memory (the loop tries again later). Retrying here
 				// would hold up every batch behind them, and DropNewest never blocks.
-				c.rep.report(fmt.Errorf("%w: %d messages waiting for the consumer not written (drop-newest)", err, e.n))
+				if !d.shadowFull {
+					c.rep.report(fmt.Errorf("%w: %d messages waiting for the consumer not written (drop-newest; reported once until a write succeeds)", err, e.n))
+				}
+				d.shadowFull = true
 			} else {
 				n := int64(e.n)
 				c.st.update(func(s *Stats) { s.InMemory -= n; s.Dropped += n })
@@ -629,7 +635,7 @@ func (c *Chan[T]) store(d *diskState[T], e encoded[T]) error {
 			return err
 		}
 		if e.rec != nil {
-			d.blocked = false
+			d.blocked, d.shadowFull = false, false
 			d.dirty = true
 			d.dirtyAt = time.Now().UnixNano()
 			d.busyAt = d.dirtyAt
